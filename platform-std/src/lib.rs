@@ -1,0 +1,5 @@
+//! # cllm-std
+//!
+//! The hosted platform for `cllm-core`: a persistent-thread executor of the
+//! sphere hierarchy, SIMD kernels with runtime CPU detection, data loading and
+//! tokenizers, and Hugging Face–compatible checkpoints.

@@ -1,1 +1,101 @@
-//! (to be written)
+//! Gradient accumulators, generic over the number type.
+//!
+//! An accumulator is a *strategy* that works on slices of cells, so that any
+//! segment of a buffer can be handled by whichever thread owns it and buffers
+//! live wherever the caller puts them (a static arena, a `Vec`, an MPI window).
+//!
+//! | kind | cell | reduction order matters? |
+//! |---|---|---|
+//! | [`F32Acc`] | `f32` | yes: rounding depends on the order of additions |
+//! | [`FixedAcc`] | `i64` with configurable fractional bits | no: integer addition is associative |
+//! | [`ExactAcc`] | long (Kulisch) register | no: the sum is exact, rounded once at the end |
+//! | `BigFloatAcc` (feature `bigfloat`) | `rug::Float` | no, as long as no addition rounds (reported) |
+
+use core::fmt;
+
+mod exact;
+mod fixed;
+mod float32;
+#[cfg(feature = "bigfloat")]
+mod bigfloat;
+
+#[cfg(feature = "bigfloat")]
+pub use bigfloat::BigFloatAcc;
+pub use exact::{ExactAcc, ExactCell};
+pub use fixed::FixedAcc;
+pub use float32::F32Acc;
+
+/// What went wrong while accumulating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccErrorKind {
+    /// A NaN or an infinity was added.
+    NonFinite,
+    /// The value does not fit the accumulator's range (fixed point), or the
+    /// rounded result does not fit an `f32`.
+    Overflow,
+    /// An arbitrary-precision addition had to round, so the result could
+    /// depend on the reduction order (raise the precision).
+    Inexact,
+    /// Two slices that must have the same length do not.
+    LengthMismatch,
+}
+
+/// An accumulation error with the index (within the slice passed to the
+/// failing call) of the first offending element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccError {
+    pub kind: AccErrorKind,
+    pub index: usize,
+}
+
+impl AccError {
+    pub const fn new(kind: AccErrorKind, index: usize) -> Self {
+        Self { kind, index }
+    }
+
+    /// The same error with its index shifted by `offset`, for callers that
+    /// pass sub-slices and want the index in the whole buffer.
+    pub const fn offset(self, offset: usize) -> Self {
+        Self { kind: self.kind, index: self.index + offset }
+    }
+}
+
+impl fmt::Display for AccError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            AccErrorKind::NonFinite => "non-finite gradient value (NaN or infinity)",
+            AccErrorKind::Overflow => "accumulator overflow",
+            AccErrorKind::Inexact => "inexact arbitrary-precision addition (raise the precision)",
+            AccErrorKind::LengthMismatch => "slice length mismatch",
+        };
+        write!(f, "{what} at element {}", self.index)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for AccError {}
+
+/// A way of summing `f32` gradients elementwise.
+///
+/// All slice arguments of one call must have the same length; otherwise the
+/// call returns [`AccErrorKind::LengthMismatch`] and changes nothing.
+pub trait Accumulator: Sync {
+    /// One accumulation register.
+    type Cell: Send + Sync;
+    /// `true` when every reduction order gives the same bits, so executors
+    /// may regroup additions freely (work stealing, thread-local partial sums).
+    const ASSOCIATIVE: bool;
+
+    /// Short name for logs and CLI (`f32`, `fixed`, `exact`, `bigfloat`).
+    fn name(&self) -> &'static str;
+    /// A cell holding zero, to build buffers.
+    fn zero_cell(&self) -> Self::Cell;
+    /// Set every cell to zero.
+    fn zero(&self, cells: &mut [Self::Cell]);
+    /// `cells[i] += xs[i]`.
+    fn add(&self, cells: &mut [Self::Cell], xs: &[f32]) -> Result<(), AccError>;
+    /// `dst[i] += src[i]`.
+    fn merge(&self, dst: &mut [Self::Cell], src: &[Self::Cell]) -> Result<(), AccError>;
+    /// `out[i] = cells[i]` rounded to the nearest `f32` (ties to even).
+    fn round(&self, cells: &[Self::Cell], out: &mut [f32]) -> Result<(), AccError>;
+}

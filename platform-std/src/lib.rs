@@ -3,3 +3,10 @@
 //! The hosted platform for `cllm-core`: a persistent-thread executor of the
 //! sphere hierarchy, SIMD kernels with runtime CPU detection, data loading and
 //! tokenizers, and Hugging Face–compatible checkpoints.
+
+pub mod checkpoint;
+pub mod data;
+pub mod fsutil;
+pub mod metrics;
+pub mod plot;
+pub mod tokenizer;

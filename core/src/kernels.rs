@@ -1,1 +1,358 @@
-//! (to be written)
+//! The kernel seam: the dense math the model spends its time in.
+//!
+//! [`Kernels`] has a portable default for every method, so a platform crate
+//! overrides only what pays (a SIMD/BLAS `gemm` for `f32`, say) and keeps the
+//! rest. [`Portable`] uses every default.
+//!
+//! # Determinism
+//! The portable kernels use a fixed, documented order of operations and no
+//! FMA, so their results are bit-identical on every platform:
+//! * `gemm`: `C[i][j] ← C[i][j] + A[i][0]·B[0][j] + A[i][1]·B[1][j] + …`,
+//!   evaluated left to right over the shared dimension, whatever the strides
+//!   or sizes (see [`gemm`](mod@gemm)). Row `i` of the result therefore
+//!   depends only on row `i` of `A`, which the causality and KV-cache tests
+//!   rely on.
+//! * reductions (`layernorm`, `softmax`, `logsumexp`) sum in index order.
+//!
+//! # Panics
+//! Kernels are called by the model with sizes it has already validated, so a
+//! size mismatch here is a bug in the caller: the kernels check sizes once up
+//! front with `assert!` (cheap, O(1)) and panic with the offending numbers.
+
+pub mod gemm;
+
+use crate::real::Real;
+
+/// GELU's `sqrt(2/π)`.
+const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
+/// GELU's cubic coefficient.
+const GELU_CUBIC: f64 = 0.044_715;
+
+/// The math kernels the model calls. Every method has a portable default.
+pub trait Kernels<R: Real>: Sync {
+    /// `C[m×n] = A[m×k]·B[k×n]` (`accumulate = false`) or `C += A·B`
+    /// (`accumulate = true`). Element `(i,j)` of `A` is `a[i*rsa + j*csa]`
+    /// (likewise `B` with `rsb`/`csb`, `C` with `rsc`/`csc`), so transposes
+    /// are free.
+    ///
+    /// # Panics
+    /// If a slice is too short for its sizes and strides, or if `C`'s rows
+    /// overlap (`m > 1`, `csc == 1` and `rsc < n`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[R],
+        rsa: usize,
+        csa: usize,
+        b: &[R],
+        rsb: usize,
+        csb: usize,
+        c: &mut [R],
+        rsc: usize,
+        csc: usize,
+        accumulate: bool,
+    ) {
+        gemm::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+    }
+
+    /// `out[i] = gelu(inp[i])` with GPT-2's tanh approximation
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn gelu_forward(&self, out: &mut [R], inp: &[R]) {
+        assert_eq!(out.len(), inp.len(), "gelu_forward: out and inp lengths");
+        let s = R::from_f64(GELU_SCALE);
+        let c = R::from_f64(GELU_CUBIC);
+        let half = R::from_f64(0.5);
+        for (o, &x) in out.iter_mut().zip(inp) {
+            let cube = c * x * x * x;
+            *o = half * x * (R::ONE + (s * (x + cube)).tanh());
+        }
+    }
+
+    /// `dinp[i] += gelu'(inp[i]) · dout[i]` (accumulates).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn gelu_backward(&self, dinp: &mut [R], inp: &[R], dout: &[R]) {
+        assert!(
+            dinp.len() == inp.len() && inp.len() == dout.len(),
+            "gelu_backward: lengths {} {} {}",
+            dinp.len(),
+            inp.len(),
+            dout.len()
+        );
+        let s = R::from_f64(GELU_SCALE);
+        let c = R::from_f64(GELU_CUBIC);
+        let c3 = R::from_f64(3.0 * GELU_CUBIC);
+        let half = R::from_f64(0.5);
+        for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
+            let th = (s * (x + c * x * x * x)).tanh();
+            let sech2 = R::ONE - th * th;
+            let local = half * (R::ONE + th) + half * x * sech2 * s * (R::ONE + c3 * x * x);
+            *d += local * g;
+        }
+    }
+
+    /// LayerNorm of each row of `inp` (`rows = mean.len()`, width
+    /// `C = weight.len()`): `out = (x − μ)·rstd·weight + bias` with the biased
+    /// variance, `rstd = 1/√(var + eps)`. Stores `μ` and `rstd` per row for
+    /// the backward pass.
+    ///
+    /// # Panics
+    /// If the lengths do not match `rows × C`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &self,
+        out: &mut [R],
+        mean: &mut [R],
+        rstd: &mut [R],
+        inp: &[R],
+        weight: &[R],
+        bias: &[R],
+        eps: R,
+    ) {
+        let c = weight.len();
+        let rows = mean.len();
+        assert!(
+            c > 0
+                && bias.len() == c
+                && rstd.len() == rows
+                && inp.len() == rows * c
+                && out.len() == rows * c,
+            "layernorm_forward: rows {rows}, C {c}, bias {}, rstd {}, inp {}, out {}",
+            bias.len(),
+            rstd.len(),
+            inp.len(),
+            out.len()
+        );
+        let inv_c = R::ONE / R::from_usize(c);
+        for r in 0..rows {
+            let x = &inp[r * c..(r + 1) * c];
+            let o = &mut out[r * c..(r + 1) * c];
+            let mut sum = R::ZERO;
+            for &v in x {
+                sum += v;
+            }
+            let mu = sum * inv_c;
+            let mut var = R::ZERO;
+            for &v in x {
+                let d = v - mu;
+                var += d * d;
+            }
+            let rs = R::ONE / (var * inv_c + eps).sqrt();
+            for j in 0..c {
+                o[j] = (x[j] - mu) * rs * weight[j] + bias[j];
+            }
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
+    }
+
+    /// Backward of [`Kernels::layernorm_forward`]; *accumulates* into
+    /// `dinp`, `dweight` and `dbias`.
+    ///
+    /// # Panics
+    /// If the lengths do not match `rows × C`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dinp: &mut [R],
+        dweight: &mut [R],
+        dbias: &mut [R],
+        dout: &[R],
+        inp: &[R],
+        weight: &[R],
+        mean: &[R],
+        rstd: &[R],
+    ) {
+        let c = weight.len();
+        let rows = mean.len();
+        assert!(
+            c > 0
+                && dweight.len() == c
+                && dbias.len() == c
+                && rstd.len() == rows
+                && inp.len() == rows * c
+                && dout.len() == rows * c
+                && dinp.len() == rows * c,
+            "layernorm_backward: rows {rows}, C {c}, dweight {}, dbias {}, rstd {}, inp {}, dout {}, dinp {}",
+            dweight.len(),
+            dbias.len(),
+            rstd.len(),
+            inp.len(),
+            dout.len(),
+            dinp.len()
+        );
+        let inv_c = R::ONE / R::from_usize(c);
+        for r in 0..rows {
+            let x = &inp[r * c..(r + 1) * c];
+            let g = &dout[r * c..(r + 1) * c];
+            let di = &mut dinp[r * c..(r + 1) * c];
+            let (mu, rs) = (mean[r], rstd[r]);
+            // The two row means that couple the elements of a normalised row.
+            let mut dnorm_mean = R::ZERO;
+            let mut dnorm_norm_mean = R::ZERO;
+            for j in 0..c {
+                let norm = (x[j] - mu) * rs;
+                let dnorm = weight[j] * g[j];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+            }
+            dnorm_mean *= inv_c;
+            dnorm_norm_mean *= inv_c;
+            for j in 0..c {
+                let norm = (x[j] - mu) * rs;
+                let dnorm = weight[j] * g[j];
+                dbias[j] += g[j];
+                dweight[j] += norm * g[j];
+                di[j] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+            }
+        }
+    }
+
+    /// In-place numerically stable softmax of one row (max subtracted first).
+    /// An empty row is left alone.
+    fn softmax_row(&self, row: &mut [R]) {
+        if row.is_empty() {
+            return;
+        }
+        let mut max = R::NEG_INFINITY;
+        for &v in row.iter() {
+            max = max.max(v);
+        }
+        let mut sum = R::ZERO;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = R::ONE / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+
+    /// `ln Σ exp(row[i])`, computed stably (max subtracted first).
+    /// Returns `-∞` for an empty row.
+    fn logsumexp(&self, row: &[R]) -> R {
+        let mut max = R::NEG_INFINITY;
+        for &v in row {
+            max = max.max(v);
+        }
+        if !max.is_finite() {
+            return max;
+        }
+        let mut sum = R::ZERO;
+        for &v in row {
+            sum += (v - max).exp();
+        }
+        max + sum.ln()
+    }
+
+    /// `out[i] = a[i] + b[i]` (the residual connection).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn add(&self, out: &mut [R], a: &[R], b: &[R]) {
+        assert!(
+            out.len() == a.len() && a.len() == b.len(),
+            "add: lengths {} {} {}",
+            out.len(),
+            a.len(),
+            b.len()
+        );
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = x + y;
+        }
+    }
+}
+
+/// The portable kernels: every [`Kernels`] default, for any [`Real`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Portable;
+
+impl<R: Real> Kernels<R> for Portable {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gelu_ref(x: f64) -> f64 {
+        0.5 * x * (1.0 + libm::tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)))
+    }
+
+    #[test]
+    fn gelu_backward_matches_finite_differences() {
+        let xs = [-4.0, -1.3, -0.2, 0.0, 0.4, 1.7, 3.5];
+        let mut d = [0.0f64; 7];
+        let ones = [1.0f64; 7];
+        Portable.gelu_backward(&mut d, &xs, &ones);
+        for (i, &x) in xs.iter().enumerate() {
+            let h = 1e-6;
+            let fd = (gelu_ref(x + h) - gelu_ref(x - h)) / (2.0 * h);
+            assert!((fd - d[i]).abs() < 1e-8, "x {x}: {fd} vs {}", d[i]);
+        }
+        let mut out = [0.0f64; 7];
+        Portable.gelu_forward(&mut out, &xs);
+        for (o, &x) in out.iter().zip(&xs) {
+            assert!((o - gelu_ref(x)).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn layernorm_normalises_and_backward_matches_fd() {
+        let c = 5;
+        let x = [0.3f64, -1.2, 2.0, 0.7, -0.1, 1.0, 1.5, -2.5, 0.0, 0.25];
+        let w = [1.1, 0.9, -0.5, 2.0, 0.3];
+        let b = [0.1, -0.2, 0.0, 0.5, 1.0];
+        let g = [0.7, -0.3, 1.2, 0.05, -0.9, 0.2, 0.4, -1.1, 0.6, 0.8];
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| {
+            let (mut o, mut m, mut r) = ([0.0; 10], [0.0; 2], [0.0; 2]);
+            Portable.layernorm_forward(&mut o, &mut m, &mut r, x, w, b, 1e-5);
+            o.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>()
+        };
+        let (mut o, mut m, mut r) = ([0.0; 10], [0.0; 2], [0.0; 2]);
+        Portable.layernorm_forward(&mut o, &mut m, &mut r, &x, &[1.0; 5], &[0.0; 5], 1e-5);
+        let mean0: f64 = o[..c].iter().sum::<f64>() / c as f64;
+        let var0: f64 = o[..c].iter().map(|v| v * v).sum::<f64>() / c as f64;
+        assert!(
+            mean0.abs() < 1e-12 && (var0 - 1.0).abs() < 1e-4,
+            "{mean0} {var0}"
+        );
+        Portable.layernorm_forward(&mut o, &mut m, &mut r, &x, &w, &b, 1e-5);
+        let (mut dx, mut dw, mut db) = ([0.0; 10], [0.0; 5], [0.0; 5]);
+        Portable.layernorm_backward(&mut dx, &mut dw, &mut db, &g, &x, &w, &m, &r);
+        let h = 1e-6;
+        for i in 0..10 {
+            let (mut xp, mut xm) = (x, x);
+            xp[i] += h;
+            xm[i] -= h;
+            let fd = (loss(&xp, &w, &b) - loss(&xm, &w, &b)) / (2.0 * h);
+            assert!((fd - dx[i]).abs() < 1e-7, "dx[{i}] {fd} vs {}", dx[i]);
+        }
+        for j in 0..c {
+            let (mut wp, mut wm) = (w, w);
+            wp[j] += h;
+            wm[j] -= h;
+            let fd = (loss(&x, &wp, &b) - loss(&x, &wm, &b)) / (2.0 * h);
+            assert!((fd - dw[j]).abs() < 1e-7, "dw[{j}] {fd} vs {}", dw[j]);
+            assert!((db[j] - (g[j] + g[j + c])).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn softmax_and_logsumexp_are_stable() {
+        let mut row = [1000.0f32, 1001.0, 999.0];
+        let lse = Portable.logsumexp(&row);
+        Portable.softmax_row(&mut row);
+        let s: f32 = row.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6 && row.iter().all(|p| p.is_finite()));
+        assert!((row[1] - 0.665_240_9).abs() < 1e-6, "{row:?}");
+        assert!((lse - 1_001.407_6).abs() < 1e-3, "{lse}");
+        assert_eq!(Kernels::<f32>::logsumexp(&Portable, &[]), f32::NEG_INFINITY);
+    }
+}

@@ -1,0 +1,375 @@
+//! The whole model: forward pass with loss, and the backward pass.
+
+use crate::kernels::Kernels;
+use crate::real::Real;
+
+use super::config::{GptConfig, LN_EPS};
+use super::error::{at_least, exact, Buffer, ModelError};
+use super::layers::{
+    attention_backward, attention_forward, crossentropy_backward, crossentropy_forward,
+    encoder_backward, encoder_forward, matmul_backward, matmul_forward,
+};
+use super::layout::{LayerGrads, LayerParams, ParamViews};
+use super::work::{block, last_output, ActSizes, LayerActs, Work};
+
+/// Checks everything a forward/backward call depends on, before touching
+/// any buffer, and returns the workspace sizes.
+fn check_call(
+    cfg: &GptConfig,
+    params: usize,
+    work: usize,
+    tokens: &[u32],
+    targets: Option<&[u32]>,
+    batch: usize,
+    seq: usize,
+) -> Result<ActSizes, ModelError> {
+    cfg.validate()?;
+    if batch == 0 || seq == 0 {
+        return Err(ModelError::EmptyBatch { batch, seq });
+    }
+    if seq > cfg.n_positions {
+        return Err(ModelError::SeqTooLong {
+            seq,
+            n_positions: cfg.n_positions,
+        });
+    }
+    let sizes = ActSizes::new(cfg, batch, seq).ok_or(ModelError::SizeOverflow { batch, seq })?;
+    exact(Buffer::Params, cfg.num_params(), params)?;
+    at_least(Buffer::Work, sizes.total, work)?;
+    exact(Buffer::Tokens, sizes.bt, tokens.len())?;
+    let vocab_size = cfg.vocab_size;
+    if let Some(index) = tokens.iter().position(|&t| t as usize >= vocab_size) {
+        return Err(ModelError::TokenOutOfRange {
+            index,
+            token: tokens[index],
+            vocab_size,
+        });
+    }
+    if let Some(targets) = targets {
+        exact(Buffer::Targets, sizes.bt, targets.len())?;
+        if let Some(index) = targets.iter().position(|&t| t as usize >= vocab_size) {
+            return Err(ModelError::TargetOutOfRange {
+                index,
+                target: targets[index],
+                vocab_size,
+            });
+        }
+    }
+    Ok(sizes)
+}
+
+/// Forward pass of `batch` sequences of `seq` tokens (`tokens` row-major,
+/// `batch·seq` long) through the model.
+///
+/// With `targets` (same shape: the next token at every position) it returns
+/// the mean cross-entropy over all `batch·seq` positions and prepares `work`
+/// for [`backward`]. Without targets it returns `0` and only the logits are
+/// meaningful (read them with [`logits`]). `work` must hold at least
+/// [`GptConfig::activation_len`]`(batch, seq)` elements; its previous
+/// contents do not matter.
+#[allow(clippy::too_many_arguments)]
+pub fn forward<R: Real, K: Kernels<R>>(
+    k: &K,
+    cfg: &GptConfig,
+    params: &[R],
+    work: &mut [R],
+    tokens: &[u32],
+    targets: Option<&[u32]>,
+    batch: usize,
+    seq: usize,
+) -> Result<R, ModelError> {
+    let sizes = check_call(cfg, params.len(), work.len(), tokens, targets, batch, seq)?;
+    let (c, v, bt) = (cfg.n_embd, cfg.vocab_size, sizes.bt);
+    let p = ParamViews::new(cfg, params);
+    let w = Work::carve(&sizes, work);
+    w.flag[0] = R::ZERO;
+
+    encoder_forward(w.encoded, tokens, p.wte, p.wpe, seq, c);
+    for l in 0..cfg.n_layer {
+        let (x_in, mut la) = block(&sizes, w.encoded, w.layers, l);
+        block_forward(
+            k,
+            cfg,
+            &p.layer(cfg, l),
+            x_in,
+            &mut la,
+            w.s_ln,
+            w.s_a,
+            &sizes,
+        );
+    }
+    let x = last_output(&sizes, w.layers);
+    k.layernorm_forward(
+        w.s_ln,
+        w.lnf_mean,
+        w.lnf_rstd,
+        x,
+        p.lnf_w,
+        p.lnf_b,
+        R::from_f64(LN_EPS),
+    );
+    // Tied head: logits = ln_f(x) · wteᵀ.
+    k.gemm(bt, c, v, w.s_ln, c, 1, p.wte, 1, c, w.logits, v, 1, false);
+
+    match targets {
+        Some(targets) => {
+            let loss = crossentropy_forward(k, w.lse, w.logits, targets, v);
+            w.flag[0] = R::ONE;
+            Ok(loss)
+        }
+        None => Ok(R::ZERO),
+    }
+}
+
+/// One pre-LN block: `x += attn(ln_1(x)); x += mlp(ln_2(x))`.
+#[allow(clippy::too_many_arguments)]
+fn block_forward<R: Real, K: Kernels<R>>(
+    k: &K,
+    cfg: &GptConfig,
+    lp: &LayerParams<'_, R>,
+    x_in: &[R],
+    la: &mut LayerActs<'_, R>,
+    s_ln: &mut [R],
+    s_a: &mut [R],
+    sz: &ActSizes,
+) {
+    let (c, bt, eps) = (cfg.n_embd, sz.bt, R::from_f64(LN_EPS));
+    let s_ln = &mut s_ln[..bt * c];
+    k.layernorm_forward(
+        s_ln,
+        la.ln1_mean,
+        la.ln1_rstd,
+        x_in,
+        lp.ln1_w,
+        lp.ln1_b,
+        eps,
+    );
+    matmul_forward(k, la.qkv, s_ln, lp.attn_w, lp.attn_b, bt, c, 3 * c);
+    attention_forward(k, la.atty, la.att, la.qkv, sz.b, sz.t, c, cfg.n_head);
+    matmul_forward(k, s_ln, la.atty, lp.proj_w, lp.proj_b, bt, c, c);
+    k.add(la.res_mid, x_in, s_ln);
+
+    k.layernorm_forward(
+        s_ln,
+        la.ln2_mean,
+        la.ln2_rstd,
+        la.res_mid,
+        lp.ln2_w,
+        lp.ln2_b,
+        eps,
+    );
+    matmul_forward(k, la.fch, s_ln, lp.fc_w, lp.fc_b, bt, c, 4 * c);
+    k.gelu_forward(s_a, la.fch);
+    matmul_forward(k, s_ln, s_a, lp.mproj_w, lp.mproj_b, bt, 4 * c, c);
+    k.add(la.res_out, la.res_mid, s_ln);
+}
+
+/// Backward pass: *adds* the gradient of the mean loss of the preceding
+/// [`forward`] (same `work`, `tokens`, `targets`, `batch`, `seq`) to `grads`
+/// (`num_params` long; callers zero it per unit).
+///
+/// It consumes the forward state: the logits in `work` are overwritten with
+/// their gradient, so a second `backward` without a new forward returns
+/// [`ModelError::NoForward`] (as does one after a forward without targets).
+#[allow(clippy::too_many_arguments)]
+pub fn backward<R: Real, K: Kernels<R>>(
+    k: &K,
+    cfg: &GptConfig,
+    params: &[R],
+    grads: &mut [R],
+    work: &mut [R],
+    tokens: &[u32],
+    targets: &[u32],
+    batch: usize,
+    seq: usize,
+) -> Result<(), ModelError> {
+    let sizes = check_call(
+        cfg,
+        params.len(),
+        work.len(),
+        tokens,
+        Some(targets),
+        batch,
+        seq,
+    )?;
+    exact(Buffer::Grads, cfg.num_params(), grads.len())?;
+    let (c, v, bt, eps) = (cfg.n_embd, cfg.vocab_size, sizes.bt, R::from_f64(LN_EPS));
+    let p = ParamViews::new(cfg, params);
+    let mut g = ParamViews::new_mut(cfg, grads);
+    let w = Work::carve(&sizes, work);
+    if w.flag[0] != R::ONE {
+        return Err(ModelError::NoForward);
+    }
+    w.flag[0] = R::ZERO;
+
+    // loss → logits → ln_f output, wte (tied head).
+    crossentropy_backward(w.logits, w.lse, targets, v);
+    let x = last_output(&sizes, w.layers);
+    k.layernorm_forward(w.s_ln, w.lnf_mean, w.lnf_rstd, x, p.lnf_w, p.lnf_b, eps);
+    let dlnf = &mut w.s_a[..bt * c];
+    k.gemm(bt, v, c, w.logits, v, 1, p.wte, c, 1, dlnf, c, 1, false);
+    k.gemm(v, bt, c, w.logits, 1, v, w.s_ln, c, 1, g.wte, c, 1, true);
+    w.dres.fill(R::ZERO);
+    k.layernorm_backward(
+        w.dres, g.lnf_w, g.lnf_b, dlnf, x, p.lnf_w, w.lnf_mean, w.lnf_rstd,
+    );
+
+    for l in (0..cfg.n_layer).rev() {
+        let (x_in, la) = block(&sizes, w.encoded, w.layers, l);
+        let scratch = Scratch {
+            s_ln: &mut *w.s_ln,
+            s_a: &mut *w.s_a,
+            s_b: &mut *w.s_b,
+            dpre: &mut *w.dpre,
+        };
+        block_backward(
+            k,
+            cfg,
+            &p.layer(cfg, l),
+            &mut g.layer_mut(cfg, l),
+            x_in,
+            la,
+            w.dres,
+            scratch,
+            &sizes,
+        );
+    }
+    encoder_backward(g.wte, g.wpe, w.dres, tokens, seq, c);
+    Ok(())
+}
+
+/// The backward scratch buffers one block borrows.
+struct Scratch<'a, R> {
+    s_ln: &'a mut [R],
+    s_a: &'a mut [R],
+    s_b: &'a mut [R],
+    dpre: &'a mut [R],
+}
+
+/// Backward of [`block_forward`]. `dres` holds the gradient of the block's
+/// output on entry and of its input on return.
+#[allow(clippy::too_many_arguments)]
+fn block_backward<R: Real, K: Kernels<R>>(
+    k: &K,
+    cfg: &GptConfig,
+    lp: &LayerParams<'_, R>,
+    lg: &mut LayerGrads<'_, R>,
+    x_in: &[R],
+    la: LayerActs<'_, R>,
+    dres: &mut [R],
+    s: Scratch<'_, R>,
+    sz: &ActSizes,
+) {
+    let (c, bt, eps) = (cfg.n_embd, sz.bt, R::from_f64(LN_EPS));
+    let Scratch {
+        s_ln,
+        s_a,
+        s_b,
+        dpre,
+    } = s;
+    let s_ln = &mut s_ln[..bt * c];
+
+    // MLP branch; recompute what forward did not keep.
+    k.layernorm_forward(
+        s_ln,
+        la.ln2_mean,
+        la.ln2_rstd,
+        la.res_mid,
+        lp.ln2_w,
+        lp.ln2_b,
+        eps,
+    );
+    k.gelu_forward(s_a, la.fch);
+    matmul_backward(
+        k,
+        s_b,
+        lg.mproj_w,
+        lg.mproj_b,
+        dres,
+        s_a,
+        lp.mproj_w,
+        bt,
+        4 * c,
+        c,
+    );
+    s_a.fill(R::ZERO);
+    k.gelu_backward(s_a, la.fch, s_b);
+    let dln2 = &mut s_b[..bt * c];
+    matmul_backward(k, dln2, lg.fc_w, lg.fc_b, s_a, s_ln, lp.fc_w, bt, c, 4 * c);
+    k.layernorm_backward(
+        dres,
+        lg.ln2_w,
+        lg.ln2_b,
+        dln2,
+        la.res_mid,
+        lp.ln2_w,
+        la.ln2_mean,
+        la.ln2_rstd,
+    );
+
+    // Attention branch.
+    let datty = &mut s_a[..bt * c];
+    matmul_backward(
+        k, datty, lg.proj_w, lg.proj_b, dres, la.atty, lp.proj_w, bt, c, c,
+    );
+    let dqkv = &mut s_b[..bt * 3 * c];
+    attention_backward(
+        k, dqkv, dpre, datty, la.qkv, la.att, sz.b, sz.t, c, cfg.n_head,
+    );
+    k.layernorm_forward(
+        s_ln,
+        la.ln1_mean,
+        la.ln1_rstd,
+        x_in,
+        lp.ln1_w,
+        lp.ln1_b,
+        eps,
+    );
+    let dln1 = &mut s_a[..bt * c];
+    matmul_backward(
+        k,
+        dln1,
+        lg.attn_w,
+        lg.attn_b,
+        dqkv,
+        s_ln,
+        lp.attn_w,
+        bt,
+        c,
+        3 * c,
+    );
+    k.layernorm_backward(
+        dres,
+        lg.ln1_w,
+        lg.ln1_b,
+        dln1,
+        x_in,
+        lp.ln1_w,
+        la.ln1_mean,
+        la.ln1_rstd,
+    );
+}
+
+/// The logits `[batch, seq, vocab]` (row-major) left in `work` by the last
+/// [`forward`] with the same `batch` and `seq` (not valid after
+/// [`backward`], which overwrites them with their gradient).
+pub fn logits<'w, R: Real>(
+    cfg: &GptConfig,
+    work: &'w [R],
+    batch: usize,
+    seq: usize,
+) -> Result<&'w [R], ModelError> {
+    cfg.validate()?;
+    if batch == 0 || seq == 0 {
+        return Err(ModelError::EmptyBatch { batch, seq });
+    }
+    if seq > cfg.n_positions {
+        return Err(ModelError::SeqTooLong {
+            seq,
+            n_positions: cfg.n_positions,
+        });
+    }
+    let sizes = ActSizes::new(cfg, batch, seq).ok_or(ModelError::SizeOverflow { batch, seq })?;
+    at_least(Buffer::Work, sizes.total, work.len())?;
+    Ok(&work[sizes.logits_range()])
+}

@@ -1,0 +1,324 @@
+//! The layers of GPT-2, each forward next to its hand-written backward
+//! (llm.c style: flat row-major buffers, `B` sequences × `T` tokens).
+//! LayerNorm and GELU are [`Kernels`] methods; this file holds the layers
+//! built from them and from `gemm`.
+//!
+//! Backward functions *accumulate* (`+=`) into parameter gradients and into
+//! the residual-stream gradient, and *overwrite* the activation gradients
+//! they produce (so those scratch buffers need no zeroing).
+
+use crate::kernels::Kernels;
+use crate::real::Real;
+
+/// Rows of attention scores computed per `gemm` call: the causal mask wastes
+/// at most this many columns per row, instead of half the `T×T` square.
+const ATT_ROW_BLOCK: usize = 32;
+
+// ---------------------------------------------------------------- encoder
+
+/// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`. Tokens are already validated.
+pub(crate) fn encoder_forward<R: Real>(
+    out: &mut [R],
+    tokens: &[u32],
+    wte: &[R],
+    wpe: &[R],
+    t: usize,
+    c: usize,
+) {
+    for (i, (o, &tok)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
+        let e = &wte[tok as usize * c..][..c];
+        let p = &wpe[(i % t) * c..][..c];
+        for ((o, &e), &p) in o.iter_mut().zip(e).zip(p) {
+            *o = e + p;
+        }
+    }
+}
+
+/// Scatters the embedding gradient: `dwte[tok] += dout`, `dwpe[t] += dout`.
+pub(crate) fn encoder_backward<R: Real>(
+    dwte: &mut [R],
+    dwpe: &mut [R],
+    dout: &[R],
+    tokens: &[u32],
+    t: usize,
+    c: usize,
+) {
+    for (i, (d, &tok)) in dout.chunks_exact(c).zip(tokens).enumerate() {
+        for (g, &x) in dwte[tok as usize * c..][..c].iter_mut().zip(d) {
+            *g += x;
+        }
+        for (g, &x) in dwpe[(i % t) * c..][..c].iter_mut().zip(d) {
+            *g += x;
+        }
+    }
+}
+
+// ----------------------------------------------------------------- matmul
+
+/// `out[rows×oc] = inp[rows×ic] · w[ic×oc] + bias` (GPT-2 `Conv1D`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_forward<R: Real, K: Kernels<R>>(
+    k: &K,
+    out: &mut [R],
+    inp: &[R],
+    w: &[R],
+    bias: &[R],
+    rows: usize,
+    ic: usize,
+    oc: usize,
+) {
+    for o in out[..rows * oc].chunks_exact_mut(oc) {
+        o.copy_from_slice(bias);
+    }
+    k.gemm(rows, ic, oc, inp, ic, 1, w, oc, 1, out, oc, 1, true);
+}
+
+/// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten),
+/// `dw += inpᵀ · dout`, `dbias += Σ_rows dout`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_backward<R: Real, K: Kernels<R>>(
+    k: &K,
+    dinp: &mut [R],
+    dw: &mut [R],
+    dbias: &mut [R],
+    dout: &[R],
+    inp: &[R],
+    w: &[R],
+    rows: usize,
+    ic: usize,
+    oc: usize,
+) {
+    // wᵀ is w read with swapped strides.
+    k.gemm(rows, oc, ic, dout, oc, 1, w, 1, oc, dinp, ic, 1, false);
+    k.gemm(ic, rows, oc, inp, 1, ic, dout, oc, 1, dw, oc, 1, true);
+    for d in dout[..rows * oc].chunks_exact(oc) {
+        for (g, &x) in dbias.iter_mut().zip(d) {
+            *g += x;
+        }
+    }
+}
+
+// -------------------------------------------------------------- attention
+
+/// Scale of the attention scores, `1/√head_dim`.
+pub(crate) fn attn_scale<R: Real>(hd: usize) -> R {
+    R::ONE / R::from_usize(hd).sqrt()
+}
+
+/// Softmax over the causal prefix `row[..=t]` of scaled scores; the rest of
+/// the row gets probability exactly 0. Shared with the KV-cache path so both
+/// give the same bits.
+pub(crate) fn causal_softmax_row<R: Real, K: Kernels<R>>(k: &K, row: &mut [R], t: usize, scale: R) {
+    let (live, masked) = row.split_at_mut(t + 1);
+    for x in live.iter_mut() {
+        *x *= scale;
+    }
+    k.softmax_row(live);
+    masked.fill(R::ZERO);
+}
+
+/// Causal multi-head self-attention. `qkv` is `[BT, 3C]` with `[q | k | v]`
+/// per token (head `h` uses columns `h·hd..(h+1)·hd` of each third); writes
+/// the probabilities `att` `[B, H, T, T]` and the output `atty` `[BT, C]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
+    k: &K,
+    atty: &mut [R],
+    att: &mut [R],
+    qkv: &[R],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let (hd, c3) = (c / nh, 3 * c);
+    let scale = attn_scale::<R>(hd);
+    for bi in 0..b {
+        for h in 0..nh {
+            let p = &mut att[(bi * nh + h) * t * t..][..t * t];
+            let q0 = bi * t * c3 + h * hd;
+            let (k0, v0) = (q0 + c, q0 + 2 * c);
+            // S = Q·Kᵀ, only the column blocks at or left of the diagonal.
+            let mut i0 = 0;
+            while i0 < t {
+                let i1 = (i0 + ATT_ROW_BLOCK).min(t);
+                k.gemm(
+                    i1 - i0,
+                    hd,
+                    i1,
+                    &qkv[q0 + i0 * c3..],
+                    c3,
+                    1,
+                    &qkv[k0..],
+                    1,
+                    c3,
+                    &mut p[i0 * t..],
+                    t,
+                    1,
+                    false,
+                );
+                i0 = i1;
+            }
+            for ti in 0..t {
+                let row = &mut p[ti * t..(ti + 1) * t];
+                causal_softmax_row(k, row, ti, scale);
+                // y_t = Σ_{s≤t} P[t,s]·v_s, over the live prefix only, so
+                // masked positions do not even add zeros.
+                let y = &mut atty[(bi * t + ti) * c + h * hd..];
+                k.gemm(1, ti + 1, hd, row, t, 1, &qkv[v0..], c3, 1, y, c, 1, false);
+            }
+        }
+    }
+}
+
+/// Backward of [`attention_forward`]: writes `dqkv` `[BT, 3C]` (every element
+/// overwritten) from `datty`; `dpre` is `T×T` scratch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
+    k: &K,
+    dqkv: &mut [R],
+    dpre: &mut [R],
+    datty: &[R],
+    qkv: &[R],
+    att: &[R],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let (hd, c3) = (c / nh, 3 * c);
+    let scale = attn_scale::<R>(hd);
+    for bi in 0..b {
+        for h in 0..nh {
+            let p = &att[(bi * nh + h) * t * t..][..t * t];
+            let q0 = bi * t * c3 + h * hd;
+            let (k0, v0) = (q0 + c, q0 + 2 * c);
+            let y0 = bi * t * c + h * hd;
+            // dP[t,s] = dy_t · v_s, for s ≤ t.
+            let mut i0 = 0;
+            while i0 < t {
+                let i1 = (i0 + ATT_ROW_BLOCK).min(t);
+                k.gemm(
+                    i1 - i0,
+                    hd,
+                    i1,
+                    &datty[y0 + i0 * c..],
+                    c,
+                    1,
+                    &qkv[v0..],
+                    1,
+                    c3,
+                    &mut dpre[i0 * t..],
+                    t,
+                    1,
+                    false,
+                );
+                i0 = i1;
+            }
+            // Softmax backward, then the score scale: dS = P ∘ (dP − ⟨P, dP⟩)·scale.
+            for ti in 0..t {
+                let pr = &p[ti * t..ti * t + ti + 1];
+                let dr = &mut dpre[ti * t..ti * t + ti + 1];
+                let mut dot = R::ZERO;
+                for (&pv, &dv) in pr.iter().zip(dr.iter()) {
+                    dot += pv * dv;
+                }
+                for (d, &pv) in dr.iter_mut().zip(pr) {
+                    *d = pv * (*d - dot) * scale;
+                }
+            }
+            // dq_t = Σ_{s≤t} dS[t,s]·k_s.
+            for ti in 0..t {
+                let dq = &mut dqkv[q0 + ti * c3..];
+                k.gemm(
+                    1,
+                    ti + 1,
+                    hd,
+                    &dpre[ti * t..],
+                    t,
+                    1,
+                    &qkv[k0..],
+                    c3,
+                    1,
+                    dq,
+                    c3,
+                    1,
+                    false,
+                );
+            }
+            // dk_s = Σ_{t≥s} dS[t,s]·q_t and dv_s = Σ_{t≥s} P[t,s]·dy_t: column
+            // s of dS (or P) from the diagonal down, read with stride T.
+            for s in 0..t {
+                let n = t - s;
+                let dk = &mut dqkv[k0 + s * c3..];
+                k.gemm(
+                    1,
+                    n,
+                    hd,
+                    &dpre[s * t + s..],
+                    t,
+                    t,
+                    &qkv[q0 + s * c3..],
+                    c3,
+                    1,
+                    dk,
+                    c3,
+                    1,
+                    false,
+                );
+                let dv = &mut dqkv[v0 + s * c3..];
+                k.gemm(
+                    1,
+                    n,
+                    hd,
+                    &p[s * t + s..],
+                    t,
+                    t,
+                    &datty[y0 + s * c..],
+                    c,
+                    1,
+                    dv,
+                    c3,
+                    1,
+                    false,
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------- cross-entropy
+
+/// Mean cross-entropy of `logits` `[N, V]` against `targets` (validated);
+/// stores each row's log-sum-exp in `lse` for the backward pass.
+pub(crate) fn crossentropy_forward<R: Real, K: Kernels<R>>(
+    k: &K,
+    lse: &mut [R],
+    logits: &[R],
+    targets: &[u32],
+    v: usize,
+) -> R {
+    let mut total = R::ZERO;
+    for ((row, l), &tg) in logits.chunks_exact(v).zip(lse.iter_mut()).zip(targets) {
+        *l = k.logsumexp(row);
+        total += *l - row[tg as usize];
+    }
+    total / R::from_usize(targets.len())
+}
+
+/// Backward of [`crossentropy_forward`] for `d(mean loss) = 1`, in place:
+/// row `i` of `logits` becomes `(softmax(logits_i) − onehot(target_i)) / N`.
+pub(crate) fn crossentropy_backward<R: Real>(
+    logits: &mut [R],
+    lse: &[R],
+    targets: &[u32],
+    v: usize,
+) {
+    let inv_n = R::ONE / R::from_usize(targets.len());
+    for ((row, &l), &tg) in logits.chunks_exact_mut(v).zip(lse).zip(targets) {
+        for x in row.iter_mut() {
+            *x = (*x - l).exp() * inv_n;
+        }
+        row[tg as usize] -= inv_n;
+    }
+}

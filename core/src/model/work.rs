@@ -1,0 +1,188 @@
+//! The per-unit workspace: named regions of the caller's flat buffer.
+//!
+//! ```text
+//! encoded                         C·BT     x₀ = wte[tok] + wpe[t]
+//! block l (×L):
+//!   ln1_mean, ln1_rstd            BT each
+//!   qkv                           3C·BT    [q | k | v] per token
+//!   att                           B·H·T²   attention probabilities (0 above the diagonal)
+//!   atty                          C·BT     attention output, before c_proj
+//!   res_mid                       C·BT     x + attn
+//!   ln2_mean, ln2_rstd            BT each
+//!   fch                           4C·BT    c_fc output, before GELU
+//!   res_out                       C·BT     block output
+//! lnf_mean, lnf_rstd              BT each
+//! logits                          V·BT     (overwritten by their gradient in backward)
+//! lse                             BT       log-sum-exp per position (for the loss)
+//! scratch shared by all blocks:
+//!   s_ln                          C·BT     LayerNorm output (recomputed in backward), projections
+//!   s_a, s_b                      4C·BT each  GELU output / activation gradients
+//!   dres                          C·BT     gradient of the residual stream
+//!   dpre                          T²       attention score gradients of one head
+//! flag                            1        1 after a forward with targets
+//! ```
+//! LayerNorm outputs and the GELU output are cheap to recompute, so backward
+//! recomputes them instead of keeping `L` copies: peak memory is what limits
+//! batch size on small machines.
+
+use super::config::GptConfig;
+use super::layout::split_mut;
+
+/// Lengths of the workspace regions for one `(batch, seq)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActSizes {
+    pub b: usize,
+    pub t: usize,
+    pub bt: usize,
+    /// Elements of one block's stored activations.
+    pub layer_len: usize,
+    /// Elements of the whole workspace.
+    pub total: usize,
+    layer: [usize; 10],
+    top: [usize; 12],
+}
+
+impl ActSizes {
+    /// Sizes for `b` sequences of `t` tokens, or `None` when a length
+    /// overflows `usize`.
+    pub fn new(cfg: &GptConfig, b: usize, t: usize) -> Option<Self> {
+        let c = cfg.n_embd;
+        let bt = b.checked_mul(t)?;
+        let cbt = c.checked_mul(bt)?;
+        let att = b.checked_mul(cfg.n_head)?.checked_mul(t.checked_mul(t)?)?;
+        let layer = [
+            bt,
+            bt,
+            cbt.checked_mul(3)?,
+            att,
+            cbt,
+            cbt,
+            bt,
+            bt,
+            cbt.checked_mul(4)?,
+            cbt,
+        ];
+        let layer_len = layer.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
+        let top = [
+            cbt,
+            layer_len.checked_mul(cfg.n_layer)?,
+            bt,
+            bt,
+            cfg.vocab_size.checked_mul(bt)?,
+            bt,
+            cbt,
+            cbt.checked_mul(4)?,
+            cbt.checked_mul(4)?,
+            cbt,
+            t.checked_mul(t)?,
+            1,
+        ];
+        let total = top.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
+        Some(Self {
+            b,
+            t,
+            bt,
+            layer_len,
+            total,
+            layer,
+            top,
+        })
+    }
+
+    /// Where [`Work::carve`] puts the logits.
+    pub fn logits_range(&self) -> core::ops::Range<usize> {
+        let start: usize = self.top[..4].iter().sum();
+        start..start + self.top[4]
+    }
+}
+
+/// One block's stored activations.
+pub(crate) struct LayerActs<'a, R> {
+    pub ln1_mean: &'a mut [R],
+    pub ln1_rstd: &'a mut [R],
+    pub qkv: &'a mut [R],
+    pub att: &'a mut [R],
+    pub atty: &'a mut [R],
+    pub res_mid: &'a mut [R],
+    pub ln2_mean: &'a mut [R],
+    pub ln2_rstd: &'a mut [R],
+    pub fch: &'a mut [R],
+    pub res_out: &'a mut [R],
+}
+
+/// The whole workspace, carved.
+pub(crate) struct Work<'a, R> {
+    pub encoded: &'a mut [R],
+    /// `n_layer` blocks of `layer_len`; see [`Work::block`].
+    pub layers: &'a mut [R],
+    pub lnf_mean: &'a mut [R],
+    pub lnf_rstd: &'a mut [R],
+    pub logits: &'a mut [R],
+    pub lse: &'a mut [R],
+    pub s_ln: &'a mut [R],
+    pub s_a: &'a mut [R],
+    pub s_b: &'a mut [R],
+    pub dres: &'a mut [R],
+    pub dpre: &'a mut [R],
+    pub flag: &'a mut [R],
+}
+
+impl<'a, R> Work<'a, R> {
+    /// Carves `buf` (at least `sizes.total` long; the caller checked).
+    pub fn carve(sizes: &ActSizes, buf: &'a mut [R]) -> Self {
+        let [encoded, layers, lnf_mean, lnf_rstd, logits, lse, s_ln, s_a, s_b, dres, dpre, flag] =
+            split_mut(&mut buf[..sizes.total], sizes.top);
+        Self {
+            encoded,
+            layers,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            lse,
+            s_ln,
+            s_a,
+            s_b,
+            dres,
+            dpre,
+            flag,
+        }
+    }
+}
+
+/// Block `l`'s input (the embeddings or the previous block's output) and its
+/// stored activations, borrowed from the workspace at once.
+pub(crate) fn block<'w, R>(
+    sizes: &ActSizes,
+    encoded: &'w [R],
+    layers: &'w mut [R],
+    l: usize,
+) -> (&'w [R], LayerActs<'w, R>) {
+    let (done, rest) = layers.split_at_mut(l * sizes.layer_len);
+    let x_in: &[R] = if l == 0 {
+        encoded
+    } else {
+        &done[done.len() - sizes.layer[9]..]
+    };
+    let [ln1_mean, ln1_rstd, qkv, att, atty, res_mid, ln2_mean, ln2_rstd, fch, res_out] =
+        split_mut(&mut rest[..sizes.layer_len], sizes.layer);
+    (
+        x_in,
+        LayerActs {
+            ln1_mean,
+            ln1_rstd,
+            qkv,
+            att,
+            atty,
+            res_mid,
+            ln2_mean,
+            ln2_rstd,
+            fch,
+            res_out,
+        },
+    )
+}
+
+/// The last block's output (the input of `ln_f`).
+pub(crate) fn last_output<'w, R>(sizes: &ActSizes, layers: &'w [R]) -> &'w [R] {
+    &layers[layers.len() - sizes.layer[9]..]
+}

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod exec;
 pub mod fsutil;
 pub mod metrics;
 pub mod plot;

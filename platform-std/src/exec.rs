@@ -1,0 +1,946 @@
+//! Threaded execution of the sphere hierarchy.
+//!
+//! Logical spheres are not threads. A fixed pool of persistent worker threads
+//! executes the step's work units; what the tree decides is *which* units
+//! belong together and in which order partial sums are combined:
+//!
+//! * **associative accumulators** (fixed, exact, bigfloat): every worker owns a
+//!   contiguous block of leaves (a subtree slice) and adds its units into a
+//!   thread-local accumulator; a worker that runs dry steals pending units from
+//!   the others (the sum does not depend on who adds what). The thread
+//!   accumulators then meet through the core's fixed-segment protocol: worker
+//!   `i` merges segments `i, i+T, …` of all of them.
+//! * **f32**: units are computed in rounds of `T` in canonical order and the
+//!   core's [`FoldPlan`] is replayed segment by segment after each round, so
+//!   the bits depend on the tree shape only, never on the thread count.
+//!
+//! After the reduction, the gradient norm is summed from per-segment partials
+//! in segment order and each worker applies the optimizer to the segments it
+//! owns (ZeRO-1 style: it alone touches their optimizer state).
+//!
+//! Nothing inside a step allocates, locks or does I/O: workers park between
+//! steps and meet at spin barriers inside one.
+
+use std::any::Any;
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle, Thread};
+
+use cllm_core::accumulate::{AccError, Accumulator, F32Acc};
+use cllm_core::kernels::Kernels;
+use cllm_core::model::{self, GptConfig, ModelError};
+use cllm_core::optim::{self, OptimError};
+use cllm_core::reduce::{FoldPlan, RelaxStrategy, Segments, SpinBarrier};
+use cllm_core::tree::Shape;
+
+/// Where the tokens of a work unit come from. Must be a pure function of its
+/// arguments: that is what lets any worker compute any unit.
+pub trait UnitSource: Send + Sync {
+    /// Fill `tokens` and `targets` (each `micro_batch × seq_len`) for unit
+    /// `unit` of optimizer step `step`.
+    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]);
+    /// Number of evaluation units available (0 = no validation data).
+    fn eval_units(&self) -> usize {
+        0
+    }
+    /// Fill evaluation unit `unit`.
+    fn fill_eval(&self, _unit: usize, _tokens: &mut [u32], _targets: &mut [u32]) {}
+}
+
+/// The shape of the work, independent of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Tree depth and branching.
+    pub shape: Shape,
+    /// Worker threads.
+    pub threads: usize,
+    /// Units per optimizer step.
+    pub units: usize,
+    /// Sequences per unit.
+    pub micro_batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Pin worker `i` to core `i mod cores`.
+    pub pin_threads: bool,
+    /// How many times a unit whose computation panicked is recomputed
+    /// before the step fails.
+    pub max_retries: u32,
+}
+
+/// Why a step failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecError {
+    /// Invalid configuration (numbers included).
+    Config(String),
+    /// The model rejected the unit (e.g. a token out of range).
+    Model { unit: usize, error: ModelError },
+    /// Accumulating the gradient failed (non-finite value, overflow, inexact).
+    Accumulate(AccError),
+    /// A worker panicked on the same unit more often than allowed.
+    WorkerPanicked {
+        worker: usize,
+        unit: usize,
+        attempts: u32,
+        message: String,
+    },
+    /// The optimizer rejected its inputs.
+    Optimizer(OptimError),
+    /// An earlier step failed; the hierarchy must be rebuilt.
+    Poisoned,
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::Config(s) => write!(f, "invalid execution config: {s}"),
+            ExecError::Model { unit, error } => write!(f, "model error in unit {unit}: {error}"),
+            ExecError::Accumulate(e) => write!(f, "gradient accumulation failed: {e}"),
+            ExecError::WorkerPanicked {
+                worker,
+                unit,
+                attempts,
+                message,
+            } => write!(
+                f,
+                "worker {worker} failed on unit {unit} {attempts} time(s), giving up: {message}"
+            ),
+            ExecError::Optimizer(e) => write!(f, "optimizer error: {e}"),
+            ExecError::Poisoned => write!(f, "an earlier step failed; the hierarchy is unusable"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over the step's units (summed in unit order).
+    pub loss: f32,
+    /// Global L2 norm of the mean gradient, before clipping.
+    pub grad_norm: f32,
+    /// Units recomputed after a worker failure.
+    pub retried_units: u32,
+    /// Units executed by a worker that did not own them.
+    pub stolen_units: u32,
+}
+
+/// A buffer shared by the workers. Access is coordinated by the step
+/// protocol (disjoint segments, phases separated by barriers), which is what
+/// makes the `Sync` impl sound.
+struct Buf<T> {
+    cells: Box<[UnsafeCell<T>]>,
+}
+
+unsafe impl<T: Send> Sync for Buf<T> {}
+
+impl<T> Buf<T> {
+    fn new(len: usize, mut make: impl FnMut() -> T) -> Self {
+        Self {
+            cells: (0..len).map(|_| UnsafeCell::new(make())).collect(),
+        }
+    }
+    fn len(&self) -> usize {
+        self.cells.len()
+    }
+    /// # Safety
+    /// No one writes `r` while the returned slice lives.
+    unsafe fn get(&self, r: std::ops::Range<usize>) -> &[T] {
+        let cells = &self.cells[r];
+        // SAFETY: UnsafeCell<T> has the layout of T; the caller excludes writers.
+        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const T, cells.len()) }
+    }
+    /// # Safety
+    /// No one else reads or writes `r` while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get_mut(&self, r: std::ops::Range<usize>) -> &mut [T] {
+        let cells = &self.cells[r];
+        // SAFETY: as above, and the caller guarantees exclusivity.
+        unsafe { std::slice::from_raw_parts_mut(UnsafeCell::raw_get(cells.as_ptr()), cells.len()) }
+    }
+    /// # Safety
+    /// As [`Buf::get`], for the whole buffer.
+    unsafe fn all(&self) -> &[T] {
+        unsafe { self.get(0..self.len()) }
+    }
+    /// # Safety
+    /// As [`Buf::get_mut`], for the whole buffer.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn all_mut(&self) -> &mut [T] {
+        unsafe { self.get_mut(0..self.len()) }
+    }
+}
+
+/// The optimizer a step applies, with its per-step settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    AdamW(optim::AdamW),
+    Sgd(optim::Sgd),
+}
+
+/// Per-step settings of the update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateSettings {
+    pub optimizer: Optimizer,
+    /// Learning rate of this step.
+    pub lr: f32,
+    /// Clip the global gradient norm to this value (0 = off).
+    pub grad_clip: f32,
+    /// 1-based optimizer step (AdamW bias correction).
+    pub t: u64,
+}
+
+/// Test hook: make the computation of a unit panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureInjection {
+    /// Data step at which to fail.
+    pub step: u64,
+    /// Unit to fail.
+    pub unit: usize,
+    /// How many times to fail it (≤ `max_retries` recovers, more aborts).
+    pub times: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Job {
+    Idle,
+    Train {
+        step: u64,
+        update: Option<UpdateSettings>,
+    },
+    Eval,
+    Exit,
+}
+
+/// Written by the owner of the [`Hierarchy`] only while every worker is
+/// parked; published to them by the release/acquire on `generation`.
+struct Control {
+    job: Job,
+    main: Option<Thread>,
+    inject: Option<FailureInjection>,
+}
+
+/// Stops a worker's part of a step early.
+enum Stop {
+    /// Another worker failed and aborted the barrier.
+    Aborted,
+    /// This worker failed (the error is recorded).
+    Failed,
+}
+
+/// Barrier waits yield the CPU: with more workers than cores a pure spin
+/// would burn the time slice the straggler needs.
+struct Yield;
+
+impl RelaxStrategy for Yield {
+    fn relax() {
+        thread::yield_now();
+    }
+}
+
+struct Shared<A: Accumulator, K> {
+    model: GptConfig,
+    cfg: ExecConfig,
+    acc: A,
+    kernels: K,
+    source: Arc<dyn UnitSource>,
+    segments: Segments,
+    /// Units of worker `i`: `owned[i]..owned[i+1]`.
+    owned: Vec<usize>,
+
+    params: Buf<f32>,
+    grads: Buf<f32>,
+    m: Buf<f32>,
+    v: Buf<f32>,
+    /// f32 mode: the FoldPlan's physical buffers; associative mode: one unit
+    /// gradient buffer per worker.
+    slots: Vec<Buf<f32>>,
+    /// Associative mode: one accumulator per worker.
+    accs: Vec<Buf<A::Cell>>,
+    seg_norms: Buf<f64>,
+    unit_losses: Buf<f32>,
+    eval_losses: Buf<f32>,
+
+    ctl: UnsafeCell<Control>,
+    generation: AtomicU64,
+    done: AtomicUsize,
+    barrier: SpinBarrier<Yield>,
+    cursors: Vec<AtomicUsize>,
+    eval_cursor: AtomicUsize,
+    error: Mutex<Option<ExecError>>,
+    retried: AtomicUsize,
+    stolen: AtomicUsize,
+    injected: AtomicUsize,
+}
+
+// SAFETY: `ctl` is written only while all workers are parked (see Control).
+unsafe impl<A: Accumulator, K: Sync> Sync for Shared<A, K> {}
+
+/// Per-worker scratch, allocated once when the worker starts.
+struct Local {
+    work: Vec<f32>,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+/// A running hierarchy: persistent workers plus the model's buffers.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use cllm_core::{accumulate::ExactAcc, kernels::Portable, model::GptConfig, tree::Shape};
+/// use cllm_std::exec::{ExecConfig, Hierarchy, UnitSource};
+///
+/// struct Counting;
+/// impl UnitSource for Counting {
+///     fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
+///         for (i, (t, y)) in tokens.iter_mut().zip(targets.iter_mut()).enumerate() {
+///             *t = ((step as usize + unit + i) % 16) as u32;
+///             *y = (*t + 1) % 16;
+///         }
+///     }
+/// }
+///
+/// let model = GptConfig { vocab_size: 16, n_positions: 8, n_embd: 16, n_layer: 1, n_head: 2 };
+/// let mut params = vec![0.0; model.num_params()];
+/// cllm_core::model::init_params(&model, &mut params, 42);
+/// let cfg = ExecConfig {
+///     shape: Shape::new(1, 12).unwrap(), threads: 2, units: 12, micro_batch: 1,
+///     seq_len: 8, pin_threads: false, max_retries: 1,
+/// };
+/// let mut h = Hierarchy::new(model, params, ExactAcc::default(), Portable, Arc::new(Counting), cfg).unwrap();
+/// let stats = h.compute_gradients(0).unwrap();   // train across the whole tree
+/// let grads: &[f32] = h.gradients();             // read the accumulated gradients
+/// println!("loss {} |g| {}", stats.loss, stats.grad_norm);
+/// drop(h);                                       // joins the workers
+/// ```
+pub struct Hierarchy<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> {
+    shared: Arc<Shared<A, K>>,
+    workers: Vec<JoinHandle<()>>,
+    poisoned: bool,
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Hierarchy<A, K>
+where
+    A::Cell: 'static,
+{
+    /// Start the workers. `params` is the initial parameter vector.
+    pub fn new(
+        model: GptConfig,
+        params: Vec<f32>,
+        acc: A,
+        kernels: K,
+        source: Arc<dyn UnitSource>,
+        cfg: ExecConfig,
+    ) -> Result<Self, ExecError> {
+        model
+            .validate()
+            .map_err(|e| ExecError::Config(e.to_string()))?;
+        let bad = |s: String| Err(ExecError::Config(s));
+        if cfg.threads == 0 || cfg.units == 0 || cfg.micro_batch == 0 || cfg.seq_len == 0 {
+            return bad(format!(
+                "threads ({}), units ({}), micro-batch ({}) and seq-len ({}) must be positive",
+                cfg.threads, cfg.units, cfg.micro_batch, cfg.seq_len
+            ));
+        }
+        if cfg.seq_len > model.n_positions {
+            return bad(format!(
+                "seq-len {} exceeds the model context {}",
+                cfg.seq_len, model.n_positions
+            ));
+        }
+        let p = model.num_params();
+        if params.len() != p {
+            return bad(format!(
+                "{} parameters given, the model has {p}",
+                params.len()
+            ));
+        }
+        let t = cfg.threads;
+        let depth = cfg.shape.depth() as usize;
+        let slots = if A::ASSOCIATIVE {
+            t
+        } else {
+            FoldPlan::buffers_for(depth as u32, t)
+        };
+        let accs = if A::ASSOCIATIVE { t } else { 0 };
+        let segments = Segments::new(p);
+
+        // Worker i owns the units of a contiguous block of leaves.
+        let leaves = cfg.shape.leaf_count() as usize;
+        let owned = (0..=t)
+            .map(|i| {
+                let leaf = (i as u128 * leaves as u128 / t as u128) as usize;
+                if leaf == leaves {
+                    cfg.units
+                } else {
+                    cfg.shape.leaf_units(leaf as u32, cfg.units).start
+                }
+            })
+            .collect::<Vec<_>>();
+
+        let mut param_buf = Buf::new(p, || 0.0f32);
+        // SAFETY: no worker exists yet.
+        unsafe { param_buf.all_mut() }.copy_from_slice(&params);
+        let _ = &mut param_buf;
+        let eval_units = source.eval_units();
+        let shared = Arc::new(Shared {
+            segments,
+            owned,
+            params: param_buf,
+            grads: Buf::new(p, || 0.0),
+            m: Buf::new(p, || 0.0),
+            v: Buf::new(p, || 0.0),
+            slots: (0..slots).map(|_| Buf::new(p, || 0.0)).collect(),
+            accs: (0..accs).map(|_| Buf::new(p, || acc.zero_cell())).collect(),
+            seg_norms: Buf::new(segments.count(), || 0.0),
+            unit_losses: Buf::new(cfg.units, || 0.0),
+            eval_losses: Buf::new(eval_units, || 0.0),
+            ctl: UnsafeCell::new(Control {
+                job: Job::Idle,
+                main: None,
+                inject: None,
+            }),
+            generation: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            barrier: SpinBarrier::with_relax(t),
+            cursors: (0..t).map(|_| AtomicUsize::new(0)).collect(),
+            eval_cursor: AtomicUsize::new(0),
+            error: Mutex::new(None),
+            retried: AtomicUsize::new(0),
+            stolen: AtomicUsize::new(0),
+            injected: AtomicUsize::new(0),
+            model,
+            cfg,
+            acc,
+            kernels,
+            source,
+        });
+        let cores = if cfg.pin_threads {
+            core_ids()
+        } else {
+            Vec::new()
+        };
+        let workers = (0..t)
+            .map(|id| {
+                let sh = Arc::clone(&shared);
+                let core = cores.get(id % cores.len().max(1)).copied();
+                thread::Builder::new()
+                    .name(format!("sphere-worker-{id}"))
+                    .spawn(move || {
+                        if let Some(c) = core {
+                            core_affinity::set_for_current(c);
+                        }
+                        worker_main(sh, id)
+                    })
+                    .map_err(|e| ExecError::Config(format!("cannot spawn worker {id}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            shared,
+            workers,
+            poisoned: false,
+        })
+    }
+
+    /// Bytes held by the hierarchy's buffers (parameters, gradients,
+    /// optimizer state, reduction buffers, per-worker scratch).
+    pub fn memory_bytes(&self) -> usize {
+        let sh = &self.shared;
+        let p = sh.params.len();
+        let f = std::mem::size_of::<f32>();
+        let cell = std::mem::size_of::<A::Cell>();
+        let work = sh.model.activation_len(sh.cfg.micro_batch, sh.cfg.seq_len);
+        4 * p * f
+            + sh.slots.len() * p * f
+            + sh.accs.len() * p * cell
+            + sh.cfg.threads * (work * f + 2 * sh.cfg.micro_batch * sh.cfg.seq_len * 4)
+    }
+
+    /// Number of gradient buffers (f32 slots plus accumulators) — the figure
+    /// that must stay `O((threads + depth))`, never `O(spheres)`.
+    pub fn gradient_buffers(&self) -> usize {
+        self.shared.slots.len() + self.shared.accs.len()
+    }
+
+    /// The configuration the hierarchy runs.
+    pub fn config(&self) -> &ExecConfig {
+        &self.shared.cfg
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &[f32] {
+        // SAFETY: workers are parked between calls (&self excludes a step).
+        unsafe { self.shared.params.all() }
+    }
+
+    /// The parameters, for loading a checkpoint.
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        // SAFETY: workers are parked; &mut self excludes a step.
+        unsafe { self.shared.params.all_mut() }
+    }
+
+    /// AdamW first and second moments (SGD uses `m` as momentum).
+    pub fn optimizer_state(&self) -> (&[f32], &[f32]) {
+        // SAFETY: as for `params`.
+        unsafe { (self.shared.m.all(), self.shared.v.all()) }
+    }
+
+    /// Mutable optimizer state, for loading a checkpoint.
+    pub fn optimizer_state_mut(&mut self) -> (&mut [f32], &mut [f32]) {
+        // SAFETY: as for `params_mut`; m and v are distinct buffers.
+        unsafe { (self.shared.m.all_mut(), self.shared.v.all_mut()) }
+    }
+
+    /// The mean gradient of the last step (after reduction, before clipping).
+    pub fn gradients(&self) -> &[f32] {
+        // SAFETY: as for `params`.
+        unsafe { self.shared.grads.all() }
+    }
+
+    /// Test hook: make a unit's computation panic (see [`FailureInjection`]).
+    #[doc(hidden)]
+    pub fn inject_failure(&mut self, f: Option<FailureInjection>) {
+        self.shared.injected.store(0, Ordering::Relaxed);
+        // SAFETY: workers are parked.
+        unsafe { (*self.shared.ctl.get()).inject = f };
+    }
+
+    /// Compute the step's mean gradient across the hierarchy (no update).
+    pub fn compute_gradients(&mut self, step: u64) -> Result<StepStats, ExecError> {
+        self.run(Job::Train { step, update: None })
+    }
+
+    /// Compute the step's gradient and apply the optimizer.
+    pub fn train_step(
+        &mut self,
+        step: u64,
+        update: UpdateSettings,
+    ) -> Result<StepStats, ExecError> {
+        self.run(Job::Train {
+            step,
+            update: Some(update),
+        })
+    }
+
+    /// Mean loss over the source's evaluation units (None if it has none).
+    pub fn evaluate(&mut self) -> Result<Option<f32>, ExecError> {
+        if self.shared.eval_losses.len() == 0 {
+            return Ok(None);
+        }
+        self.run(Job::Eval)?;
+        // SAFETY: workers are parked again.
+        let losses = unsafe { self.shared.eval_losses.all() };
+        Ok(Some(ordered_mean(losses)))
+    }
+
+    fn run(&mut self, job: Job) -> Result<StepStats, ExecError> {
+        if self.poisoned {
+            return Err(ExecError::Poisoned);
+        }
+        let sh = &*self.shared;
+        // Reset per-step state while the workers are parked.
+        for (i, c) in sh.cursors.iter().enumerate() {
+            c.store(sh.owned[i], Ordering::Relaxed);
+        }
+        sh.eval_cursor.store(0, Ordering::Relaxed);
+        sh.done.store(0, Ordering::Relaxed);
+        sh.retried.store(0, Ordering::Relaxed);
+        sh.stolen.store(0, Ordering::Relaxed);
+        // SAFETY: workers are parked; the generation bump publishes this.
+        unsafe {
+            let ctl = &mut *sh.ctl.get();
+            ctl.job = job;
+            ctl.main = Some(thread::current());
+        }
+        sh.generation.fetch_add(1, Ordering::Release);
+        for w in &self.workers {
+            w.thread().unpark();
+        }
+        while sh.done.load(Ordering::Acquire) < sh.cfg.threads {
+            thread::park();
+        }
+        if let Some(e) = sh.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.poisoned = true;
+            return Err(e);
+        }
+        // SAFETY: workers are parked again.
+        let (losses, norms) = unsafe { (sh.unit_losses.all(), sh.seg_norms.all()) };
+        Ok(StepStats {
+            loss: ordered_mean(losses),
+            grad_norm: ordered_norm(norms) as f32,
+            retried_units: sh.retried.load(Ordering::Relaxed) as u32,
+            stolen_units: sh.stolen.load(Ordering::Relaxed) as u32,
+        })
+    }
+}
+
+impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for Hierarchy<A, K> {
+    fn drop(&mut self) {
+        let sh = &*self.shared;
+        // SAFETY: workers are parked (or already gone after a failure, which
+        // still leaves them parked: a failed step completes for everyone).
+        unsafe { (*sh.ctl.get()).job = Job::Exit };
+        sh.generation.fetch_add(1, Ordering::Release);
+        for w in self.workers.drain(..) {
+            w.thread().unpark();
+            let _ = w.join();
+        }
+    }
+}
+
+/// Sum in index order, so the figure does not depend on who computed what.
+fn ordered_mean(xs: &[f32]) -> f32 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    (xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64) as f32
+}
+
+fn ordered_norm(seg_sq: &[f64]) -> f64 {
+    seg_sq.iter().sum::<f64>().sqrt()
+}
+
+fn core_ids() -> Vec<core_affinity::CoreId> {
+    core_affinity::get_core_ids().unwrap_or_default()
+}
+
+fn worker_main<A: Accumulator, K: Kernels<f32>>(sh: Arc<Shared<A, K>>, id: usize) {
+    let n = sh.cfg.micro_batch * sh.cfg.seq_len;
+    let mut local = Local {
+        work: vec![0.0; sh.model.activation_len(sh.cfg.micro_batch, sh.cfg.seq_len)],
+        tokens: vec![0; n],
+        targets: vec![0; n],
+    };
+    let mut seen = 0u64;
+    loop {
+        let generation = loop {
+            let g = sh.generation.load(Ordering::Acquire);
+            if g != seen {
+                break g;
+            }
+            thread::park();
+        };
+        seen = generation;
+        // SAFETY: the owner wrote ctl before the release bump we acquired and
+        // does not touch it again until every worker reports done.
+        let (job, main) = unsafe {
+            let ctl = &*sh.ctl.get();
+            (ctl.job, ctl.main.clone())
+        };
+        let outcome = match job {
+            Job::Exit => return,
+            Job::Idle => Ok(()),
+            Job::Train { step, update } => {
+                catch_unwind(AssertUnwindSafe(|| sh.train(id, step, update, &mut local)))
+                    .unwrap_or_else(|p| {
+                        Err(sh.fail(ExecError::WorkerPanicked {
+                            worker: id,
+                            unit: usize::MAX,
+                            attempts: 1,
+                            message: panic_message(&*p),
+                        }))
+                    })
+            }
+            Job::Eval => {
+                catch_unwind(AssertUnwindSafe(|| sh.eval(id, &mut local))).unwrap_or_else(|p| {
+                    Err(sh.fail(ExecError::WorkerPanicked {
+                        worker: id,
+                        unit: usize::MAX,
+                        attempts: 1,
+                        message: panic_message(&*p),
+                    }))
+                })
+            }
+        };
+        let _ = outcome;
+        if sh.done.fetch_add(1, Ordering::AcqRel) + 1 == sh.cfg.threads {
+            if let Some(m) = main {
+                m.unpark();
+            }
+        }
+    }
+}
+
+impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
+    /// Record the first error and release everyone waiting at the barrier.
+    fn fail(&self, e: ExecError) -> Stop {
+        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        drop(slot);
+        self.barrier.abort();
+        Stop::Failed
+    }
+
+    fn wait(&self) -> Result<(), Stop> {
+        self.barrier.wait().map_err(|_| Stop::Aborted)
+    }
+
+    /// Compute unit `u` into slot buffer `slot`, retrying after a panic.
+    fn run_unit(
+        &self,
+        id: usize,
+        step: u64,
+        u: usize,
+        slot: usize,
+        local: &mut Local,
+    ) -> Result<(), Stop> {
+        let mut attempts = 0u32;
+        loop {
+            let r = catch_unwind(AssertUnwindSafe(|| self.compute_unit(step, u, slot, local)));
+            match r {
+                Ok(Ok(loss)) => {
+                    // SAFETY: unit u is computed by exactly one worker.
+                    unsafe { self.unit_losses.get_mut(u..u + 1)[0] = loss };
+                    return Ok(());
+                }
+                Ok(Err(error)) => return Err(self.fail(ExecError::Model { unit: u, error })),
+                Err(p) => {
+                    attempts += 1;
+                    if attempts > self.cfg.max_retries {
+                        return Err(self.fail(ExecError::WorkerPanicked {
+                            worker: id,
+                            unit: u,
+                            attempts,
+                            message: panic_message(&*p),
+                        }));
+                    }
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn compute_unit(
+        &self,
+        step: u64,
+        u: usize,
+        slot: usize,
+        local: &mut Local,
+    ) -> Result<f32, ModelError> {
+        // SAFETY: read-only field of ctl, stable during the step.
+        if let Some(f) = unsafe { (*self.ctl.get()).inject } {
+            if f.step == step
+                && f.unit == u
+                && self.injected.fetch_add(1, Ordering::Relaxed) < f.times as usize
+            {
+                panic!("injected failure in unit {u} at step {step}");
+            }
+        }
+        let (b, t) = (self.cfg.micro_batch, self.cfg.seq_len);
+        self.source
+            .fill_train(step, u, &mut local.tokens, &mut local.targets);
+        // SAFETY: parameters are read-only during the compute phase; `slot`
+        // belongs to this worker for the phase.
+        let params = unsafe { self.params.all() };
+        let grad = unsafe { self.slots[slot].all_mut() };
+        let loss = model::forward(
+            &self.kernels,
+            &self.model,
+            params,
+            &mut local.work,
+            &local.tokens,
+            Some(&local.targets),
+            b,
+            t,
+        )?;
+        grad.fill(0.0);
+        model::backward(
+            &self.kernels,
+            &self.model,
+            params,
+            grad,
+            &mut local.work,
+            &local.tokens,
+            &local.targets,
+            b,
+            t,
+        )?;
+        Ok(loss)
+    }
+
+    /// Next unit for worker `id`: its own first, then other workers'.
+    fn claim(&self, id: usize) -> Option<usize> {
+        let t = self.cfg.threads;
+        for k in 0..t {
+            let v = (id + k) % t;
+            let end = self.owned[v + 1];
+            if self.cursors[v].load(Ordering::Relaxed) >= end {
+                continue;
+            }
+            let u = self.cursors[v].fetch_add(1, Ordering::Relaxed);
+            if u < end {
+                if k != 0 {
+                    self.stolen.fetch_add(1, Ordering::Relaxed);
+                }
+                return Some(u);
+            }
+        }
+        None
+    }
+
+    fn train(
+        &self,
+        id: usize,
+        step: u64,
+        update: Option<UpdateSettings>,
+        local: &mut Local,
+    ) -> Result<(), Stop> {
+        let t = self.cfg.threads;
+        let inv_units = 1.0 / self.cfg.units as f32;
+        if A::ASSOCIATIVE {
+            // SAFETY: accs[id] and slots[id] belong to worker id in this phase.
+            let my_acc = unsafe { self.accs[id].all_mut() };
+            self.acc.zero(my_acc);
+            while let Some(u) = self.claim(id) {
+                self.run_unit(id, step, u, id, local)?;
+                let g = unsafe { self.slots[id].all() };
+                self.acc
+                    .add(my_acc, g)
+                    .map_err(|e| self.fail(ExecError::Accumulate(e)))?;
+            }
+            self.wait()?;
+            for s in self.segments.owned(id, t) {
+                let r = self.segments.range(s);
+                // SAFETY: segment s belongs to worker id in this phase; other
+                // accumulators are only read.
+                let dst = unsafe { self.accs[0].get_mut(r.clone()) };
+                for k in 1..t {
+                    let src = unsafe { self.accs[k].get(r.clone()) };
+                    self.acc
+                        .merge(dst, src)
+                        .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
+                }
+                let g = unsafe { self.grads.get_mut(r.clone()) };
+                self.acc
+                    .round(dst, g)
+                    .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
+                self.finish_segment(s, g, inv_units);
+            }
+        } else {
+            let mut plan = FoldPlan::new(self.cfg.shape, self.cfg.units, t)
+                .map_err(|e| self.fail(ExecError::Config(e.to_string())))?;
+            while let Some(round) = plan.next_round() {
+                if let Some(buf) = round.unit_buffer(id) {
+                    self.run_unit(id, step, round.units().start + id, buf, local)?;
+                }
+                self.wait()?;
+                for s in self.segments.owned(id, t) {
+                    let r = self.segments.range(s);
+                    for cllm_core::reduce::Add { src, dst } in round.ops() {
+                        // SAFETY: segment s of every slot belongs to worker id
+                        // in the fold phase; src != dst.
+                        let (d, x) = unsafe {
+                            (
+                                self.slots[dst].get_mut(r.clone()),
+                                self.slots[src].get(r.clone()),
+                            )
+                        };
+                        // Non-associative means f32: the slots are the cells.
+                        F32Acc
+                            .merge(d, x)
+                            .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
+                    }
+                }
+                self.wait()?;
+            }
+            let root = plan.root().expect("a step has at least one unit");
+            for s in self.segments.owned(id, t) {
+                let r = self.segments.range(s);
+                // SAFETY: segment s belongs to worker id.
+                let (g, x) = unsafe {
+                    (
+                        self.grads.get_mut(r.clone()),
+                        self.slots[root].get(r.clone()),
+                    )
+                };
+                g.copy_from_slice(x);
+                self.finish_segment(s, g, inv_units);
+            }
+        }
+        self.wait()?;
+        let Some(up) = update else { return Ok(()) };
+        // Every worker sums the same partials in the same order.
+        let norm = ordered_norm(unsafe { self.seg_norms.all() });
+        let scale = optim::clip_scale(norm, up.grad_clip);
+        for s in self.segments.owned(id, t) {
+            let r = self.segments.range(s);
+            // SAFETY: worker id alone updates segment s (params, m, v).
+            let (p, g, m, v) = unsafe {
+                (
+                    self.params.get_mut(r.clone()),
+                    self.grads.get(r.clone()),
+                    self.m.get_mut(r.clone()),
+                    self.v.get_mut(r.clone()),
+                )
+            };
+            let m = if matches!(up.optimizer, Optimizer::Sgd(o) if o.momentum == 0.0) {
+                &mut m[..0]
+            } else {
+                m
+            };
+            match up.optimizer {
+                Optimizer::AdamW(o) => {
+                    o.update_segment(&self.model, r.clone(), p, g, m, v, up.t, up.lr, scale)
+                }
+                Optimizer::Sgd(o) => {
+                    o.update_segment(&self.model, r.clone(), p, g, m, up.lr, scale)
+                }
+            }
+            .map_err(|e| self.fail(ExecError::Optimizer(e)))?;
+        }
+        self.wait()
+    }
+
+    /// Scale the summed gradient to the mean over units and record the
+    /// segment's squared norm.
+    fn finish_segment(&self, s: usize, g: &mut [f32], inv_units: f32) {
+        for x in g.iter_mut() {
+            *x *= inv_units;
+        }
+        // SAFETY: seg_norms[s] belongs to the owner of segment s.
+        unsafe { self.seg_norms.get_mut(s..s + 1)[0] = optim::sum_squares(g) };
+    }
+
+    fn eval(&self, _id: usize, local: &mut Local) -> Result<(), Stop> {
+        let (b, t) = (self.cfg.micro_batch, self.cfg.seq_len);
+        let n = self.eval_losses.len();
+        loop {
+            let u = self.eval_cursor.fetch_add(1, Ordering::Relaxed);
+            if u >= n {
+                return Ok(());
+            }
+            self.source
+                .fill_eval(u, &mut local.tokens, &mut local.targets);
+            // SAFETY: parameters are read-only during evaluation.
+            let params = unsafe { self.params.all() };
+            let loss = model::forward(
+                &self.kernels,
+                &self.model,
+                params,
+                &mut local.work,
+                &local.tokens,
+                Some(&local.targets),
+                b,
+                t,
+            )
+            .map_err(|error| self.fail(ExecError::Model { unit: u, error }))?;
+            // SAFETY: unit u is evaluated by exactly one worker.
+            unsafe { self.eval_losses.get_mut(u..u + 1)[0] = loss };
+        }
+    }
+}

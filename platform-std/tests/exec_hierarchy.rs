@@ -1,0 +1,315 @@
+//! The threaded executor against the core's sequential reference: same bits
+//! for every thread count (f32: for a fixed shape; associative accumulators:
+//! for every shape), failure recovery, and no hang when a worker dies.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cllm_core::accumulate::{Accumulator, F32Acc, FixedAcc};
+use cllm_core::kernels::Portable;
+use cllm_core::model::{self, GptConfig};
+use cllm_core::optim::AdamW;
+use cllm_core::reduce::{reduce_sequential, sequential_cell_len, sequential_f32_len};
+use cllm_core::tree::Shape;
+use cllm_std::exec::{
+    ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UnitSource, UpdateSettings,
+};
+
+const MODEL: GptConfig = GptConfig {
+    vocab_size: 13,
+    n_positions: 8,
+    n_embd: 8,
+    n_layer: 1,
+    n_head: 2,
+};
+const SEQ: usize = 6;
+const MB: usize = 2;
+
+/// Tokens are a pure hash of (step, unit, position).
+struct Hashed;
+
+fn token(step: u64, unit: usize, i: usize) -> u32 {
+    let mut z = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (unit as u64) << 20 ^ i as u64;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % MODEL.vocab_size as u64) as u32
+}
+
+impl UnitSource for Hashed {
+    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
+        for i in 0..tokens.len() {
+            tokens[i] = token(step, unit, i);
+            targets[i] = token(step, unit, i + 1);
+        }
+    }
+    fn eval_units(&self) -> usize {
+        3
+    }
+    fn fill_eval(&self, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
+        self.fill_train(u64::MAX, unit, tokens, targets)
+    }
+}
+
+fn params() -> Vec<f32> {
+    let mut p = vec![0.0; MODEL.num_params()];
+    model::init_params(&MODEL, &mut p, 7).unwrap();
+    // Spread the weights so f32 rounding is order-sensitive.
+    for (i, x) in p.iter_mut().enumerate() {
+        *x += ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
+    }
+    p
+}
+
+fn cfg(depth: u32, branching: u32, threads: usize, units: usize) -> ExecConfig {
+    ExecConfig {
+        shape: Shape::new(depth, branching).unwrap(),
+        threads,
+        units,
+        micro_batch: MB,
+        seq_len: SEQ,
+        pin_threads: false,
+        max_retries: 1,
+    }
+}
+
+/// The mean gradient computed on one core by the core's reference driver.
+fn sequential<A: Accumulator>(acc: &A, shape: Shape, units: usize, step: u64) -> Vec<f32> {
+    let p = params();
+    let n = p.len();
+    let mut bufs = vec![0.0f32; sequential_f32_len::<A>(shape.depth(), n)];
+    let mut cells: Vec<A::Cell> = (0..sequential_cell_len::<A>(n))
+        .map(|_| acc.zero_cell())
+        .collect();
+    let mut out = vec![0.0f32; n];
+    let mut work = vec![0.0f32; MODEL.activation_len(MB, SEQ)];
+    let (mut tok, mut tgt) = (vec![0u32; MB * SEQ], vec![0u32; MB * SEQ]);
+    reduce_sequential(
+        acc,
+        shape,
+        units,
+        &mut bufs,
+        &mut cells,
+        &mut out,
+        |u, g| {
+            Hashed.fill_train(step, u, &mut tok, &mut tgt);
+            model::forward(&Portable, &MODEL, &p, &mut work, &tok, Some(&tgt), MB, SEQ).unwrap();
+            model::backward(&Portable, &MODEL, &p, g, &mut work, &tok, &tgt, MB, SEQ).unwrap();
+        },
+    )
+    .unwrap();
+    let inv = 1.0 / units as f32;
+    out.iter().map(|x| x * inv).collect()
+}
+
+fn parallel<A: Accumulator + Send + Clone + 'static>(acc: &A, c: ExecConfig, step: u64) -> Vec<f32>
+where
+    A::Cell: 'static,
+{
+    let mut h =
+        Hierarchy::new(MODEL, params(), acc.clone(), Portable, Arc::new(Hashed), c).unwrap();
+    h.compute_gradients(step).unwrap();
+    h.gradients().to_vec()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn f32_matches_sequential_for_every_thread_count() {
+    for &(d, b, units) in &[
+        (0, 12, 5),
+        (1, 12, 12),
+        (1, 3, 7),
+        (2, 2, 9),
+        (3, 12, 6),
+        (2, 5, 30),
+    ] {
+        let shape = Shape::new(d, b).unwrap();
+        let want = bits(&sequential(&F32Acc, shape, units, 3));
+        for threads in 1..=4 {
+            let got = bits(&parallel(&F32Acc, cfg(d, b, threads, units), 3));
+            assert!(
+                got == want,
+                "f32 depth {d} branching {b} units {units} threads {threads}"
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_depends_on_the_shape() {
+    // The control: if the tree did not matter, the f32 test above proves little.
+    let a = bits(&sequential(&F32Acc, Shape::new(0, 12).unwrap(), 30, 1));
+    let b = bits(&sequential(&F32Acc, Shape::new(2, 3).unwrap(), 30, 1));
+    assert_ne!(a, b);
+}
+
+#[test]
+fn fixed_point_is_identical_for_every_shape_and_thread_count() {
+    let acc = FixedAcc::default();
+    let want = bits(&sequential(&acc, Shape::new(0, 1).unwrap(), 11, 5));
+    for d in 0..=3u32 {
+        for b in [1u32, 2, 5, 12] {
+            for threads in [1usize, 2, 3] {
+                let got = bits(&parallel(&acc, cfg(d, b, threads, 11), 5));
+                assert!(
+                    got == want,
+                    "fixed depth {d} branching {b} threads {threads}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn train_step_updates_parameters_identically() {
+    let opt = Optimizer::AdamW(AdamW {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    });
+    let run = |threads: usize| {
+        let mut h = Hierarchy::new(
+            MODEL,
+            params(),
+            F32Acc,
+            Portable,
+            Arc::new(Hashed),
+            cfg(1, 4, threads, 8),
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        for step in 0..5u64 {
+            let s = h
+                .train_step(
+                    step,
+                    UpdateSettings {
+                        optimizer: opt,
+                        lr: 1e-2,
+                        grad_clip: 1.0,
+                        t: step + 1,
+                    },
+                )
+                .unwrap();
+            losses.push(s.loss.to_bits());
+        }
+        let eval = h.evaluate().unwrap().unwrap();
+        (bits(h.params()), losses, eval.to_bits())
+    };
+    let one = run(1);
+    assert_ne!(one.0, bits(&params()), "parameters moved");
+    for threads in 2..=3 {
+        assert!(run(threads) == one, "threads {threads}");
+    }
+}
+
+#[test]
+fn a_failed_unit_is_recomputed_with_the_same_result() {
+    let c = cfg(1, 12, 2, 12);
+    let want = bits(&parallel(&F32Acc, c, 2));
+    let mut h = Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c).unwrap();
+    h.inject_failure(Some(FailureInjection {
+        step: 2,
+        unit: 5,
+        times: 1,
+    }));
+    let s = h.compute_gradients(2).unwrap();
+    assert_eq!(s.retried_units, 1);
+    assert!(bits(h.gradients()) == want);
+}
+
+#[test]
+fn a_repeating_failure_fails_the_step_without_hanging() {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for acc_is_fixed in [false, true] {
+            let c = cfg(2, 3, 3, 9);
+            let r = if acc_is_fixed {
+                let mut h = Hierarchy::new(
+                    MODEL,
+                    params(),
+                    FixedAcc::default(),
+                    Portable,
+                    Arc::new(Hashed),
+                    c,
+                )
+                .unwrap();
+                h.inject_failure(Some(FailureInjection {
+                    step: 0,
+                    unit: 4,
+                    times: 5,
+                }));
+                let r = h.compute_gradients(0);
+                let again = h.compute_gradients(1);
+                (r, again)
+            } else {
+                let mut h =
+                    Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c).unwrap();
+                h.inject_failure(Some(FailureInjection {
+                    step: 0,
+                    unit: 4,
+                    times: 5,
+                }));
+                let r = h.compute_gradients(0);
+                let again = h.compute_gradients(1);
+                (r, again)
+            };
+            tx.send(r).unwrap();
+        }
+    });
+    for _ in 0..2 {
+        let (r, again) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("step hung");
+        match r {
+            Err(ExecError::WorkerPanicked {
+                unit: 4,
+                attempts: 2,
+                ..
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(again, Err(ExecError::Poisoned));
+    }
+}
+
+#[test]
+fn gradient_memory_does_not_grow_with_the_tree() {
+    let c = cfg(3, 12, 2, 12); // 1,885 logical spheres
+    let h = Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c).unwrap();
+    assert_eq!(h.gradient_buffers(), 2 + 3 + 1);
+    let h = Hierarchy::new(
+        MODEL,
+        params(),
+        FixedAcc::default(),
+        Portable,
+        Arc::new(Hashed),
+        c,
+    )
+    .unwrap();
+    assert_eq!(h.gradient_buffers(), 2 + 2);
+}
+
+#[test]
+fn bad_configs_are_errors() {
+    let mut c = cfg(1, 12, 2, 12);
+    c.seq_len = 9;
+    assert!(matches!(
+        Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c),
+        Err(ExecError::Config(_))
+    ));
+    let c = cfg(1, 12, 0, 12);
+    assert!(matches!(
+        Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c),
+        Err(ExecError::Config(_))
+    ));
+    let c = cfg(1, 12, 2, 12);
+    assert!(matches!(
+        Hierarchy::new(MODEL, vec![0.0; 3], F32Acc, Portable, Arc::new(Hashed), c),
+        Err(ExecError::Config(_))
+    ));
+}

@@ -13,12 +13,12 @@
 
 use core::fmt;
 
+#[cfg(feature = "bigfloat")]
+mod bigfloat;
 mod exact;
 mod fixed;
 mod float32;
 mod rounding;
-#[cfg(feature = "bigfloat")]
-mod bigfloat;
 
 #[cfg(feature = "bigfloat")]
 pub use bigfloat::{BigFloatAcc, PrecisionError};
@@ -57,7 +57,10 @@ impl AccError {
     /// The same error with its index shifted by `offset`, for callers that
     /// pass sub-slices and want the index in the whole buffer.
     pub const fn offset(self, offset: usize) -> Self {
-        Self { kind: self.kind, index: self.index + offset }
+        Self {
+            kind: self.kind,
+            index: self.index + offset,
+        }
     }
 }
 

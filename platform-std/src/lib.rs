@@ -3,3 +3,5 @@
 //! The hosted platform for `cllm-core`: a persistent-thread executor of the
 //! sphere hierarchy, SIMD kernels with runtime CPU detection, data loading and
 //! tokenizers, and Hugging Face–compatible checkpoints.
+
+pub mod kernels;

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod exec;
 pub mod fsutil;
+pub mod kernels;
 pub mod metrics;
 pub mod plot;
 pub mod tokenizer;

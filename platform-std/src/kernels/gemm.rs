@@ -1,0 +1,411 @@
+//! Single-threaded f32 GEMM: argument checking, the blocking driver shared by
+//! the SIMD micro-kernels, packing, and the scalar path.
+//!
+//! Blocking (BLIS-style, "A-stationary" as BLIS uses on AVX-512): for each
+//! block of `NC` columns and `KC` reduction steps, B is packed into panels of
+//! `NR` columns (zero-padded), then for each `MR`-row panel of A (read in
+//! place when A is row-major, packed otherwise) the micro-kernel sweeps all
+//! B panels. The A panel (MR×KC) stays in L1, the B block (KC×NC) in L2.
+//!
+//! Block sizes are constants, never derived from cache detection, so the
+//! summation order — hence the bits — depends only on the kernel choice:
+//! per C element, one FMA chain per KC-block over its steps in order, the
+//! blocks added to C in order. That order is the same for every element, so
+//! `C[i,j]` depends only on row i of A, column j of B, k and the old C: not
+//! on m, n or where the element falls in a tile (splitting rows across work
+//! units does not change bits).
+
+use super::Isa;
+use std::cell::RefCell;
+
+/// Reduction steps per packed block: the A micro-panel (MR×KC floats) must
+/// stay in L1 while the kernel sweeps every B panel.
+pub(super) const KC: usize = 256;
+/// Columns per packed B block: KC×NC floats (512 KiB), a quarter of a 2 MiB
+/// L2, leaving room for the C tiles and A panels that stream past it.
+pub(super) const NC: usize = 512;
+
+/// A register-blocked MR×NR micro-kernel over packed panels.
+pub(super) trait MicroKernel {
+    const MR: usize;
+    const NR: usize;
+    /// `C[0..mr, 0..nr] (+)= A·B̃` over `kc` steps. Step `p` reads A at
+    /// `a + i*a_rs + p*a_cs` for `i < MR` and B at `b + p*NR + j` for
+    /// `j < NR`. Adds into C when `load_c`, overwrites it otherwise.
+    ///
+    /// # Safety
+    /// The CPU supports the kernel's instruction set; the A and B reads above
+    /// are in bounds; `c + i*rsc + j*csc` is writable for `i < mr, j < nr`;
+    /// `1 ≤ mr ≤ MR`, `1 ≤ nr ≤ NR`, `kc ≥ 1`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        kc: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        csc: usize,
+        mr: usize,
+        nr: usize,
+        load_c: bool,
+    );
+
+    /// Packs one panel of a B stored by columns: `dst[p*NR + j] = b[j*csb + p]`
+    /// for `p < kc, j < nr`, zero for `nr ≤ j < NR`.
+    ///
+    /// # Safety
+    /// As for `run`; the reads are in bounds and `dst` holds `kc × NR` floats.
+    #[inline(always)]
+    unsafe fn pack_panel_t(kc: usize, nr: usize, b: *const f32, csb: usize, dst: *mut f32) {
+        pack_panel_t_scalar(Self::NR, 0, kc, 0, nr, b, csb, dst);
+    }
+}
+
+/// The scalar part of [`MicroKernel::pack_panel_t`] over steps `p0..kc` and
+/// columns `j0..NR` (columns from `nr` on are zero).
+///
+/// # Safety
+/// As for `pack_panel_t`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn pack_panel_t_scalar(
+    nr_full: usize,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nr: usize,
+    b: *const f32,
+    csb: usize,
+    dst: *mut f32,
+) {
+    for j in j0..nr_full {
+        if j < nr {
+            let src = b.add(j * csb);
+            for p in p0..kc {
+                *dst.add(p * nr_full + j) = *src.add(p);
+            }
+        } else {
+            for p in p0..kc {
+                *dst.add(p * nr_full + j) = 0.0;
+            }
+        }
+    }
+}
+
+/// Highest index a `rows×cols` view with strides `rs, cs` touches, or `None`
+/// on overflow. Only called with `rows, cols ≥ 1`.
+fn max_index(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
+    (rows - 1)
+        .checked_mul(rs)?
+        .checked_add((cols - 1).checked_mul(cs)?)
+}
+
+fn check_view(name: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
+    match max_index(rows, cols, rs, cs) {
+        Some(last) if last < len => {}
+        _ => panic!(
+            "gemm: {name} view {rows}×{cols} with strides ({rs}, {cs}) does not fit a slice of {len}"
+        ),
+    }
+}
+
+/// [`super::sgemm`] on an explicit instruction set.
+///
+/// Panics if a view does not fit its slice or if `isa` is not supported by
+/// this CPU (the check is one cached CPUID lookup, negligible next to a GEMM).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    check_view("C", c.len(), m, n, rsc, csc);
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * rsc + j * csc] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    check_view("A", a.len(), m, k, rsa, csa);
+    check_view("B", b.len(), k, n, rsb, csb);
+    assert!(
+        isa.supported(),
+        "gemm: {} is not supported here",
+        isa.name()
+    );
+
+    // Column-major C: compute Cᵀ = Bᵀ·Aᵀ so the kernel's vector stores run
+    // along contiguous memory.
+    let (m, n, a, rsa, csa, b, rsb, csb, rsc, csc) = if csc != 1 && rsc == 1 {
+        (n, m, b, csb, rsb, a, csa, rsa, csc, rsc)
+    } else {
+        (m, n, a, rsa, csa, b, rsb, csb, rsc, csc)
+    };
+    let args = Args {
+        m,
+        k,
+        n,
+        a: a.as_ptr(),
+        rsa,
+        csa,
+        b: b.as_ptr(),
+        rsb,
+        csb,
+        c: c.as_mut_ptr(),
+        rsc,
+        csc,
+        accumulate,
+    };
+    match isa {
+        Isa::Scalar => {
+            // SAFETY: the views were checked to fit their slices above.
+            unsafe { gemm_scalar(&args) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            // SAFETY: views checked above; AVX2+FMA support asserted above.
+            unsafe { super::x86::gemm::sgemm_avx2(&args) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            // SAFETY: views checked above; AVX-512F support asserted above.
+            unsafe { super::x86::gemm::sgemm_avx512(&args) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("x86 ISA reported as supported elsewhere"),
+    }
+}
+
+/// Checked GEMM arguments as raw pointers; `m, n, k ≥ 1` and every view
+/// fits its allocation.
+pub(super) struct Args {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a: *const f32,
+    pub rsa: usize,
+    pub csa: usize,
+    pub b: *const f32,
+    pub rsb: usize,
+    pub csb: usize,
+    pub c: *mut f32,
+    pub rsc: usize,
+    pub csc: usize,
+    pub accumulate: bool,
+}
+
+/// Plain loops, i-p-j order so the inner loop runs along B's and C's rows.
+///
+/// # Safety
+/// `args` satisfies the [`Args`] invariants.
+unsafe fn gemm_scalar(g: &Args) {
+    for i in 0..g.m {
+        let crow = g.c.add(i * g.rsc);
+        if !g.accumulate {
+            for j in 0..g.n {
+                *crow.add(j * g.csc) = 0.0;
+            }
+        }
+        for p in 0..g.k {
+            let aip = *g.a.add(i * g.rsa + p * g.csa);
+            let brow = g.b.add(p * g.rsb);
+            for j in 0..g.n {
+                *crow.add(j * g.csc) += aip * *brow.add(j * g.csb);
+            }
+        }
+    }
+}
+
+/// 64-byte aligned float storage, so packed panels start on cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// Per-thread packing buffers: they only grow, so steady-state calls do not
+/// allocate.
+#[derive(Default)]
+struct PackBufs {
+    a: Vec<Line>,
+    b: Vec<Line>,
+}
+
+thread_local! {
+    static BUFS: RefCell<PackBufs> = RefCell::new(PackBufs::default());
+}
+
+fn grow(v: &mut Vec<Line>, floats: usize) -> *mut f32 {
+    let lines = floats.div_ceil(16);
+    if v.len() < lines {
+        v.resize(lines, Line([0.0; 16]));
+    }
+    v.as_mut_ptr().cast::<f32>()
+}
+
+/// The blocking loops around micro-kernel `K`. Inlined into each ISA's
+/// `#[target_feature]` entry point so the packing loops are compiled (and
+/// auto-vectorised) for that ISA too.
+///
+/// # Safety
+/// `g` satisfies the [`Args`] invariants and the CPU supports `K`.
+#[inline(always)]
+pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
+    let kc_max = g.k.min(KC);
+    let nc_max = g.n.min(NC).next_multiple_of(K::NR);
+    // No closure around the loops: a closure would be compiled without the
+    // caller's target features, and the intrinsics would not inline.
+    let (apack, bpack) = pack_buffers(kc_max * K::MR, kc_max * nc_max);
+    // Full A panels of a row-major A are read in place: the panel is MR
+    // sequential row segments, which stay in L1 while the kernel sweeps B.
+    // Any other layout is packed. For a transposed A (rsa == 1) the panel's
+    // steps lie `csa` floats apart, and when that is a multiple of a large
+    // power of two (e.g. 384 or 1536 columns) they crowd into a few L1 sets
+    // and evict each other on every sweep; packing is a contiguous copy.
+    let a_in_place = g.csa == 1;
+    for jc in (0..g.n).step_by(NC) {
+        let nc = (g.n - jc).min(NC);
+        for pc in (0..g.k).step_by(KC) {
+            let kc = (g.k - pc).min(KC);
+            let load_c = g.accumulate || pc > 0;
+            pack_b::<K>(
+                kc,
+                nc,
+                g.b.add(pc * g.rsb + jc * g.csb),
+                g.rsb,
+                g.csb,
+                bpack,
+            );
+            for ir in (0..g.m).step_by(K::MR) {
+                let mr = (g.m - ir).min(K::MR);
+                let a0 = g.a.add(ir * g.rsa + pc * g.csa);
+                let (ap, a_rs, a_cs) = if a_in_place && mr == K::MR {
+                    (a0, g.rsa, g.csa)
+                } else {
+                    pack_a::<K>(kc, mr, a0, g.rsa, g.csa, apack);
+                    (apack as *const f32, 1, K::MR)
+                };
+                for jr in (0..nc).step_by(K::NR) {
+                    let nr = (nc - jr).min(K::NR);
+                    let c = g.c.add(ir * g.rsc + (jc + jr) * g.csc);
+                    let bp = bpack.add(jr * kc);
+                    K::run(kc, ap, a_rs, a_cs, bp, c, g.rsc, g.csc, mr, nr, load_c);
+                }
+            }
+        }
+    }
+}
+
+/// This thread's packing buffers, grown to at least `a` and `b` floats.
+///
+/// The pointers stay valid until the next call on this thread; a GEMM
+/// neither recurses nor yields, so nothing else touches them meanwhile.
+fn pack_buffers(a: usize, b: usize) -> (*mut f32, *mut f32) {
+    BUFS.with(|bufs| {
+        let mut bufs = bufs.borrow_mut();
+        let PackBufs { a: abuf, b: bbuf } = &mut *bufs;
+        (grow(abuf, a), grow(bbuf, b))
+    })
+}
+
+/// Packs `B[0..kc, 0..nc]` into column panels of `NR`: panel `q` holds
+/// `kc` rows of `NR` floats (zero beyond `nc`).
+///
+/// # Safety
+/// The view is in bounds and `out` holds `kc × nc.next_multiple_of(NR)`.
+#[inline(always)]
+unsafe fn pack_b<K: MicroKernel>(
+    kc: usize,
+    nc: usize,
+    b: *const f32,
+    rsb: usize,
+    csb: usize,
+    out: *mut f32,
+) {
+    for jr in (0..nc).step_by(K::NR) {
+        let nr = (nc - jr).min(K::NR);
+        let dst = out.add(jr * kc);
+        if csb == 1 {
+            for p in 0..kc {
+                let src = b.add(p * rsb + jr);
+                let d = dst.add(p * K::NR);
+                std::ptr::copy_nonoverlapping(src, d, nr);
+                for j in nr..K::NR {
+                    *d.add(j) = 0.0;
+                }
+            }
+        } else if rsb == 1 {
+            K::pack_panel_t(kc, nr, b.add(jr * csb), csb, dst);
+        } else {
+            // General strides: gather column by column.
+            for j in 0..K::NR {
+                if j < nr {
+                    let src = b.add((jr + j) * csb);
+                    for p in 0..kc {
+                        *dst.add(p * K::NR + j) = *src.add(p * rsb);
+                    }
+                } else {
+                    for p in 0..kc {
+                        *dst.add(p * K::NR + j) = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs an `mr`-row panel of A (`mr ≤ MR`) as `kc` steps of `MR` floats,
+/// zero-padding the missing rows.
+///
+/// # Safety
+/// The view is in bounds and `out` holds `kc × MR` floats.
+#[inline(always)]
+unsafe fn pack_a<K: MicroKernel>(
+    kc: usize,
+    mr: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    out: *mut f32,
+) {
+    if rsa == 1 {
+        for p in 0..kc {
+            let d = out.add(p * K::MR);
+            std::ptr::copy_nonoverlapping(a.add(p * csa), d, mr);
+            for i in mr..K::MR {
+                *d.add(i) = 0.0;
+            }
+        }
+    } else {
+        for i in 0..K::MR {
+            if i < mr {
+                let src = a.add(i * rsa);
+                for p in 0..kc {
+                    *out.add(p * K::MR + i) = *src.add(p * csa);
+                }
+            } else {
+                for p in 0..kc {
+                    *out.add(p * K::MR + i) = 0.0;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! SIMD kernels for x86-64 (AVX2+FMA, AVX-512) with runtime CPU detection and
+//! a scalar fallback.
+//!
+//! [`SimdKernels`] picks an instruction set once, at construction, and every
+//! call dispatches on that choice, so one instance always runs the same code
+//! and gives the same bits for the same inputs. Nothing here spawns threads or
+//! allocates in steady state: the executor runs one kernel call per thread, and
+//! the GEMM packing buffers are thread-local and only grow.
+//!
+//! Accuracy (checked by `platform-std/tests/kernels_*.rs`, which print the
+//! measured maxima with `--nocapture`):
+//! - GEMM: `|C - C_ref| ≤ 1e-5 · (Σ_p |A_ip||B_pj| + |C0_ij|)` for k ≤ 4096
+//!   (blocked FMA chains in a fixed order). Bits of `C[i,j]` depend only on
+//!   row i of A, column j of B, k and the old C — not on m, n or tiling.
+//! - `exp`: ≤ 1 ulp from `libm::expf` over a dense sweep of [-104, 89]
+//!   (Cody–Waite reduction, degree-7 polynomial); the tests allow 2.
+//! - GELU forward: ≤ 1.9 ulp of the exact value for x ≥ 0; for x < 0 the f32
+//!   rounding of the exponent `-2u(x)` (shared by every f32 GELU, tanh-based
+//!   ones included) adds about `|2u|` ulp; differs from the
+//!   `0.5·x·(1 + libm::tanhf(u))` formula by ≤ 1.9e-7·max(|x|, 1).
+//! - Layernorm, softmax, AdamW, GELU backward: a few ulp of the magnitudes
+//!   involved; the exact bounds are in `tests/kernels_elementwise.rs`.
+//!
+//! AVX-512 is chosen over AVX2 where the CPU has both: GEMM ≈ 1.5×, GELU and
+//! softmax ≈ 1.7–2×, layernorm ≈ 1.1×, AdamW equal (memory-bound), measured
+//! with `cargo run --release -p cllm-std --example bench_gemm`.
+
+mod elementwise;
+mod gemm;
+mod simd;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use elementwise::AdamW;
+pub use gemm::sgemm_with;
+
+/// Which code path to run. `Auto` picks the widest instruction set the CPU
+/// has; `Portable` forces the scalar code (for comparisons and for
+/// `--kernels portable`); the explicit ISAs exist so tests and benchmarks can
+/// pit the paths against each other on one machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelChoice {
+    Auto,
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// The instruction set a [`SimdKernels`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust loops (whatever the compiler makes of them for the
+    /// baseline target).
+    Scalar,
+    /// AVX2 + FMA (256-bit).
+    Avx2Fma,
+    /// AVX-512F (512-bit); implies AVX2 + FMA.
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+            if avx512 && avx2 && fma {
+                return Isa::Avx512;
+            }
+            if avx2 && fma {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2Fma => Isa::detect() != Isa::Scalar,
+            Isa::Avx512 => Isa::detect() == Isa::Avx512,
+        }
+    }
+
+    /// Short name for logs: "avx512f+fma", "avx2+fma" or "portable".
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "portable",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512 => "avx512f+fma",
+        }
+    }
+}
+
+/// The requested instruction set is not available on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsupported(pub Isa);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "this CPU does not support {}", self.0.name())
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// Kernel implementations bound to one instruction set, chosen at
+/// construction. Cheap to copy and `Sync`: share one across threads.
+///
+/// ```
+/// use cllm_std::kernels::{KernelChoice, SimdKernels};
+///
+/// let k = SimdKernels::new(KernelChoice::Auto).unwrap();
+/// // C[2×2] = A[2×3]·B[3×2], all row-major.
+/// let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+/// let mut c = [0.0; 4];
+/// k.gemm(2, 3, 2, &a, 3, 1, &b, 2, 1, &mut c, 2, 1, false);
+/// assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
+/// // The same B as a transposed view of its 2×3 transpose: rsb = 1, csb = 3.
+/// let bt = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0];
+/// k.gemm(2, 3, 2, &a, 3, 1, &bt, 1, 3, &mut c, 2, 1, true);
+/// assert_eq!(c, [8.0, 10.0, 20.0, 22.0]);
+/// println!("kernels: {}", k.describe());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimdKernels {
+    isa: Isa,
+}
+
+impl Default for SimdKernels {
+    fn default() -> Self {
+        SimdKernels::auto()
+    }
+}
+
+impl SimdKernels {
+    /// The best path for this CPU.
+    pub fn auto() -> Self {
+        SimdKernels { isa: Isa::detect() }
+    }
+
+    /// The scalar path.
+    pub fn portable() -> Self {
+        SimdKernels { isa: Isa::Scalar }
+    }
+
+    /// A specific path; an explicit ISA the CPU lacks is an error rather than
+    /// a silent fallback, so a benchmark never mislabels what it measured.
+    pub fn new(choice: KernelChoice) -> Result<Self, Unsupported> {
+        let isa = match choice {
+            KernelChoice::Auto => Isa::detect(),
+            KernelChoice::Portable => Isa::Scalar,
+            KernelChoice::Avx2 => Isa::Avx2Fma,
+            KernelChoice::Avx512 => Isa::Avx512,
+        };
+        if isa.supported() {
+            Ok(SimdKernels { isa })
+        } else {
+            Err(Unsupported(isa))
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// What runs, for logs: "avx512f+fma", "avx2+fma" or "portable".
+    pub fn describe(&self) -> String {
+        self.isa.name().to_string()
+    }
+
+    /// `C[m×n] = A[m×k]·B[k×n]` (or `C += A·B` when `accumulate`), with
+    /// element (i,j) of A at `a[i*rsa + j*csa]` and likewise for B and C.
+    ///
+    /// Panics if a view does not fit its slice. If two elements of the C
+    /// view share a memory location the result is unspecified (but memory
+    /// safe).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        rsb: usize,
+        csb: usize,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+        accumulate: bool,
+    ) {
+        gemm::sgemm_with(
+            self.isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
+        );
+    }
+
+    /// `out[i] = gelu(inp[i])`, GPT-2's tanh approximation
+    /// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+    pub fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
+        elementwise::gelu_forward(self.isa, out, inp);
+    }
+
+    /// `dinp[i] += gelu'(inp[i]) · dout[i]`.
+    pub fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+        elementwise::gelu_backward(self.isa, dinp, inp, dout);
+    }
+
+    /// Layer norm over rows of length `c = weight.len()`:
+    /// `out = (x - mean)·rstd·weight + bias` with `rstd = 1/√(var + 1e-5)`
+    /// (biased variance); `mean` and `rstd` receive one value per row.
+    pub fn layernorm_forward(
+        &self,
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+        inp: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+    ) {
+        elementwise::layernorm_forward(self.isa, out, mean, rstd, inp, weight, bias);
+    }
+
+    /// Backward of [`Self::layernorm_forward`]; accumulates (`+=`) into
+    /// `dinp`, `dweight` and `dbias`. Rows are processed in order, so the
+    /// parameter gradients are summed over rows in row order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_backward(
+        &self,
+        dinp: &mut [f32],
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        weight: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+    ) {
+        elementwise::layernorm_backward(
+            self.isa, dinp, dweight, dbias, dout, inp, weight, mean, rstd,
+        );
+    }
+
+    /// `out = softmax(inp)` over one row (max-subtracted).
+    pub fn softmax_row(&self, out: &mut [f32], inp: &[f32]) {
+        elementwise::softmax_row(self.isa, out, inp);
+    }
+
+    /// Row softmax over consecutive rows of length `cols`.
+    pub fn softmax_rows(&self, out: &mut [f32], inp: &[f32], cols: usize) {
+        assert_eq!(out.len(), inp.len(), "softmax_rows: length mismatch");
+        if cols == 0 {
+            return;
+        }
+        assert_eq!(inp.len() % cols, 0, "softmax_rows: not whole rows");
+        for (o, i) in out.chunks_exact_mut(cols).zip(inp.chunks_exact(cols)) {
+            elementwise::softmax_row(self.isa, o, i);
+        }
+    }
+
+    /// One AdamW step over a slice of parameters (see [`AdamW`]).
+    pub fn adamw(
+        &self,
+        params: &mut [f32],
+        grads: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        hp: &AdamW,
+    ) {
+        elementwise::adamw(self.isa, params, grads, m, v, hp);
+    }
+
+    /// `out[i] = exp(inp[i])`; exposed so the approximation's accuracy can be
+    /// checked against libm.
+    pub fn exp(&self, out: &mut [f32], inp: &[f32]) {
+        elementwise::exp(self.isa, out, inp);
+    }
+}
+
+/// Single-threaded f32 GEMM on the best path for this CPU (detected once).
+/// Same contract as [`SimdKernels::gemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+    accumulate: bool,
+) {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    let isa = *ISA.get_or_init(Isa::detect);
+    gemm::sgemm_with(
+        isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
+    );
+}

@@ -1,0 +1,294 @@
+//! GEMM micro-kernels for AVX2+FMA (6×16) and AVX-512F (8×32), and their
+//! `#[target_feature]` entry points around the shared blocking driver.
+//!
+//! Shapes: both keep 12 resp. 16 accumulator registers — enough independent
+//! FMA chains to cover 4-cycle latency on two FMA ports — and need fewer
+//! loads than FMAs per step (AVX-512: 8 broadcasts + 2 loads per 16 FMAs),
+//! so they are FMA-bound rather than load-bound.
+
+use super::super::gemm::{drive, pack_panel_t_scalar, Args, MicroKernel};
+use std::arch::x86_64::*;
+
+pub(in crate::kernels) struct Avx512Kernel;
+
+impl MicroKernel for Avx512Kernel {
+    const MR: usize = 8;
+    const NR: usize = 32;
+
+    #[inline(always)]
+    unsafe fn run(
+        kc: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        csc: usize,
+        mr: usize,
+        nr: usize,
+        load_c: bool,
+    ) {
+        const MR: usize = Avx512Kernel::MR;
+        // Unit row stride (packed panels, transposed views) gets its own
+        // loop so the broadcasts use constant displacements.
+        // A panel of at most 16 valid columns (the n tail) skips the
+        // all-zero upper half of B̃.
+        let acc = match (a_rs == 1, nr <= 16) {
+            (true, false) => product_512::<MR, 2, true>(kc, a, 1, a_cs, b),
+            (false, false) => product_512::<MR, 2, false>(kc, a, a_rs, a_cs, b),
+            (true, true) => product_512::<MR, 1, true>(kc, a, 1, a_cs, b),
+            (false, true) => product_512::<MR, 1, false>(kc, a, a_rs, a_cs, b),
+        };
+        if csc == 1 {
+            let m0: __mmask16 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
+            let m1: __mmask16 = if nr >= 32 {
+                0xffff
+            } else if nr > 16 {
+                (1u16 << (nr - 16)) - 1
+            } else {
+                0
+            };
+            for (i, row) in acc.iter().enumerate().take(mr) {
+                let p = c.add(i * rsc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if load_c {
+                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, p), v0);
+                    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, p.add(16)), v1);
+                }
+                _mm512_mask_storeu_ps(p, m0, v0);
+                _mm512_mask_storeu_ps(p.add(16), m1, v1);
+            }
+        } else {
+            let mut tmp = [0.0f32; 32];
+            for (i, row) in acc.iter().enumerate().take(mr) {
+                _mm512_storeu_ps(tmp.as_mut_ptr(), row[0]);
+                _mm512_storeu_ps(tmp.as_mut_ptr().add(16), row[1]);
+                store_row(c.add(i * rsc), csc, &tmp[..nr], load_c);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_panel_t(kc: usize, nr: usize, b: *const f32, csb: usize, dst: *mut f32) {
+        pack_panel_t_avx::<{ Self::NR }>(kc, nr, b, csb, dst)
+    }
+}
+
+pub(in crate::kernels) struct Avx2Kernel;
+
+/// `MASK8[8 - n..16 - n]` enables the first `n` of 8 lanes.
+static MASK8: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+impl MicroKernel for Avx2Kernel {
+    const MR: usize = 6;
+    const NR: usize = 16;
+
+    #[inline(always)]
+    unsafe fn run(
+        kc: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        csc: usize,
+        mr: usize,
+        nr: usize,
+        load_c: bool,
+    ) {
+        const MR: usize = Avx2Kernel::MR;
+        let acc = match (a_rs == 1, nr <= 8) {
+            (true, false) => product_256::<MR, 2, true>(kc, a, 1, a_cs, b),
+            (false, false) => product_256::<MR, 2, false>(kc, a, a_rs, a_cs, b),
+            (true, true) => product_256::<MR, 1, true>(kc, a, 1, a_cs, b),
+            (false, true) => product_256::<MR, 1, false>(kc, a, a_rs, a_cs, b),
+        };
+        if csc == 1 {
+            let n0 = nr.min(8);
+            let n1 = nr.saturating_sub(8);
+            let m0 = _mm256_loadu_si256(MASK8.as_ptr().add(8 - n0).cast());
+            let m1 = _mm256_loadu_si256(MASK8.as_ptr().add(8 - n1).cast());
+            for (i, row) in acc.iter().enumerate().take(mr) {
+                let p = c.add(i * rsc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if load_c {
+                    v0 = _mm256_add_ps(_mm256_maskload_ps(p, m0), v0);
+                    v1 = _mm256_add_ps(_mm256_maskload_ps(p.add(8), m1), v1);
+                }
+                _mm256_maskstore_ps(p, m0, v0);
+                _mm256_maskstore_ps(p.add(8), m1, v1);
+            }
+        } else {
+            let mut tmp = [0.0f32; 16];
+            for (i, row) in acc.iter().enumerate().take(mr) {
+                _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
+                store_row(c.add(i * rsc), csc, &tmp[..nr], load_c);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_panel_t(kc: usize, nr: usize, b: *const f32, csb: usize, dst: *mut f32) {
+        pack_panel_t_avx::<{ Self::NR }>(kc, nr, b, csb, dst)
+    }
+}
+
+/// The MR×32 register tile of `A·B̃` over `kc` steps (A at
+/// `a + i*a_rs + p*a_cs`; `UNIT_RS` promises `a_rs == 1`), computing only
+/// the first `H` (1 or 2) vectors of 16 columns; the rest stay zero.
+#[inline(always)]
+unsafe fn product_512<const MR: usize, const H: usize, const UNIT_RS: bool>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+) -> [[__m512; 2]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let bv = [_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16 * (H - 1)))];
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm512_set1_ps(*a.add(if UNIT_RS { i } else { i * a_rs }));
+            for h in 0..H {
+                row[h] = _mm512_fmadd_ps(ai, bv[h], row[h]);
+            }
+        }
+        a = a.add(a_cs);
+        b = b.add(32);
+    }
+    acc
+}
+
+/// The MR×16 register tile, as [`product_512`] with vectors of 8.
+#[inline(always)]
+unsafe fn product_256<const MR: usize, const H: usize, const UNIT_RS: bool>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+) -> [[__m256; 2]; MR] {
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let bv = [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8 * (H - 1)))];
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm256_broadcast_ss(&*a.add(if UNIT_RS { i } else { i * a_rs }));
+            for h in 0..H {
+                row[h] = _mm256_fmadd_ps(ai, bv[h], row[h]);
+            }
+        }
+        a = a.add(a_cs);
+        b = b.add(16);
+    }
+    acc
+}
+
+/// [`MicroKernel::pack_panel_t`] with 8×8 in-register transposes (AVX):
+/// eight columns of B are read along p, eight floats at a time, and written
+/// as eight panel rows; the edges fall back to scalar copies.
+///
+/// # Safety
+/// As for `pack_panel_t`, and the CPU has AVX.
+#[inline(always)]
+unsafe fn pack_panel_t_avx<const NR: usize>(
+    kc: usize,
+    nr: usize,
+    b: *const f32,
+    csb: usize,
+    dst: *mut f32,
+) {
+    let (kc8, nr8) = (kc - kc % 8, nr - nr % 8);
+    for j in (0..nr8).step_by(8) {
+        let src = b.add(j * csb);
+        for p in (0..kc8).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * csb + p)));
+            for (q, v) in transpose8(r).into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((p + q) * NR + j), v);
+            }
+        }
+    }
+    // Steps past the last multiple of 8, for the transposed columns.
+    pack_panel_t_scalar_cols(NR, kc8, kc, 0, nr8, b, csb, dst);
+    // Remaining columns (and the zero padding) for every step.
+    pack_panel_t_scalar(NR, 0, kc, nr8, nr, b, csb, dst);
+}
+
+/// Columns `j0..j1` (all valid) over steps `p0..kc`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn pack_panel_t_scalar_cols(
+    nr_full: usize,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    j1: usize,
+    b: *const f32,
+    csb: usize,
+    dst: *mut f32,
+) {
+    for j in j0..j1 {
+        let src = b.add(j * csb);
+        for p in p0..kc {
+            *dst.add(p * nr_full + j) = *src.add(p);
+        }
+    }
+}
+
+/// Transposes an 8×8 block held as eight rows.
+#[inline(always)]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
+/// Writes (or adds) one tile row into a strided C row.
+#[inline(always)]
+unsafe fn store_row(c: *mut f32, csc: usize, vals: &[f32], load_c: bool) {
+    for (j, &v) in vals.iter().enumerate() {
+        let p = c.add(j * csc);
+        *p = if load_c { *p + v } else { v };
+    }
+}
+
+/// # Safety
+/// `g` satisfies the `Args` invariants and the CPU has AVX-512F.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(in crate::kernels) unsafe fn sgemm_avx512(g: &Args) {
+    drive::<Avx512Kernel>(g)
+}
+
+/// # Safety
+/// `g` satisfies the `Args` invariants and the CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(in crate::kernels) unsafe fn sgemm_avx2(g: &Args) {
+    drive::<Avx2Kernel>(g)
+}

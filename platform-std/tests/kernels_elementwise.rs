@@ -1,0 +1,582 @@
+//! Elementwise and row kernels on every instruction set this CPU has,
+//! against scalar references written here (f64 unless stated).
+//!
+//! Tolerances, with u = 2⁻²⁴ (half an f32 ulp at 1):
+//! - `exp`: ≤ 2 ulp from `libm::expf` over a dense sweep of [-104, 89]
+//!   (every 61st float; the measured maximum is printed with --nocapture).
+//! - GELU: the exponent `a = -2u(x)` is itself rounded to f32 (as in any
+//!   f32 GELU, tanh-based ones included), which costs a relative error of
+//!   about `|a|·u` wherever `e^a` matters (x < 0). Forward:
+//!   `≤ (4 + 4|a|·σ(a))` ulp of the f64 value where that is a normal f32,
+//!   absolute 1e-37 below (x < -10); for x ≥ 0 that is ≤ ~4 ulp.
+//!   Backward: `|err| ≤ 8u·(1 + |a|)·(|s| + |2x·s·(1-s)·u'|)·|dout|` plus the
+//!   rounding of the `+=`: a few ulp of the terms of gelu' (the sum cancels
+//!   near x ≈ -0.75, where no relative bound can hold).
+//! - Layernorm: `out` within 16u of `|w|·(|x| + |mean|)·rstd + |b|`;
+//!   backward terms likewise scaled by the magnitudes summed.
+//! - Softmax: `≤ (8 + |x - max| + 2√cols)·u` relative: exp, the row sum
+//!   (√cols: the scalar path sums sequentially), one multiply, and the f32
+//!   rounding of `x - max` (inherent to f32 softmax).
+//! - AdamW: m, v within 4u relative; params within
+//!   `4u·|p| + 8u·lr·|update|`.
+
+use cllm_std::kernels::{AdamW, KernelChoice, SimdKernels};
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+fn kernels() -> Vec<SimdKernels> {
+    let mut v = Vec::new();
+    for choice in [
+        KernelChoice::Portable,
+        KernelChoice::Avx2,
+        KernelChoice::Avx512,
+    ] {
+        match SimdKernels::new(choice) {
+            Ok(k) => v.push(k),
+            Err(e) => eprintln!("skipping {choice:?}: {e}"),
+        }
+    }
+    v
+}
+
+fn fill(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Distance in representable floats (both finite, or both the same inf).
+fn ulp_dist(a: f32, b: f32) -> u64 {
+    if a == b {
+        return 0;
+    }
+    let key = |x: f32| {
+        let i = x.to_bits() as i64;
+        if i < 0x8000_0000 {
+            i
+        } else {
+            0x8000_0000 - i
+        }
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
+/// Size of one f32 ulp at |r|.
+fn ulp_at(r: f64) -> f64 {
+    let a = (r.abs() as f32).max(f32::MIN_POSITIVE);
+    let e = a.to_bits() >> 23;
+    f32::from_bits(e << 23) as f64 * 2f64.powi(-23)
+}
+
+/// The sizes every kernel runs on: lengths around the vector widths.
+const LENS: [usize; 12] = [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 100, 1000];
+
+/// Checks `f` neither reads nor writes beyond its slices by running it on
+/// the front of larger buffers whose tails hold sentinels.
+const SENTINEL: f32 = -7777.0;
+
+fn with_tail(v: &[f32]) -> Vec<f32> {
+    let mut w = v.to_vec();
+    w.extend_from_slice(&[SENTINEL; 17]);
+    w
+}
+
+fn tail_intact(w: &[f32], n: usize, what: &str) {
+    assert!(
+        w[n..].iter().all(|&x| x == SENTINEL),
+        "{what}: wrote past the slice"
+    );
+}
+
+#[test]
+fn exp_matches_libm_over_a_dense_sweep() {
+    // Every 61st float in [-104, 89] (about 37M points), plus the ends.
+    let lo = (-104.0f32).to_bits();
+    let hi = 89.0f32.to_bits();
+    let mut xs: Vec<f32> = (0..=hi).step_by(61).map(f32::from_bits).collect();
+    xs.extend((0x8000_0000..=lo).step_by(61).map(f32::from_bits));
+    xs.extend([89.0, -104.0, 0.0, -0.0, 88.72283, -87.33654, -103.97]);
+    let want: Vec<f32> = xs.iter().map(|&x| libm::expf(x)).collect();
+    for kern in kernels() {
+        let mut got = vec![0.0; xs.len()];
+        kern.exp(&mut got, &xs);
+        let (mut worst, mut at) = (0, 0.0);
+        for ((&g, &w), &x) in got.iter().zip(&want).zip(&xs) {
+            let d = ulp_dist(g, w);
+            if d > worst {
+                (worst, at) = (d, x);
+            }
+        }
+        println!(
+            "exp {}: max {worst} ulp from libm::expf (at x = {at})",
+            kern.describe()
+        );
+        assert!(worst <= 2, "exp {}: {worst} ulp at {at}", kern.describe());
+        let mut special = [0.0; 4];
+        kern.exp(
+            &mut special,
+            &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 100.0],
+        );
+        assert!(special[0].is_nan(), "exp(NaN)");
+        assert_eq!(special[1..], [f32::INFINITY, 0.0, f32::INFINITY]);
+    }
+}
+
+/// GPT-2's gelu_new, `0.5·x·(1 + tanh u)`, as the equal `x·σ(2u)`: in f64
+/// too, `1 + tanh u` cancels to nothing for x below about -6.
+/// The exponent `a = -2u(x)` of `x·σ(2u) = x/(1 + e^a)`.
+fn gelu_exponent(x: f64) -> f64 {
+    -2.0 * (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)
+}
+
+/// Forward tolerance in ulps (see the module docs).
+fn gelu_tol_ulps(x: f64) -> f64 {
+    let a = gelu_exponent(x);
+    let sig = 1.0 / (1.0 + (-a).exp());
+    4.0 + 4.0 * a.abs() * sig
+}
+
+fn gelu_ref(x: f64) -> f64 {
+    let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
+}
+
+/// gelu'(x) and the magnitude of its two terms (for the tolerance).
+fn gelu_grad_ref(x: f64) -> (f64, f64) {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let u = c * (x + 0.044715 * x * x * x);
+    // 0.5(1 + tanh u) = σ(2u) computed without cancellation.
+    let s = 1.0 / (1.0 + (-2.0 * u).exp());
+    let t2 = 2.0 * x * s * (1.0 - s) * c * (1.0 + 3.0 * 0.044715 * x * x);
+    (s + t2, s.abs() + t2.abs())
+}
+
+/// A dense sweep of x: every 97th float in [-12, 12] and the sizes above.
+fn gelu_inputs() -> Vec<f32> {
+    let hi = 12.0f32.to_bits();
+    let mut xs: Vec<f32> = (0..=hi).step_by(97).map(f32::from_bits).collect();
+    xs.extend(
+        (0x8000_0000..=(-12.0f32).to_bits())
+            .step_by(97)
+            .map(f32::from_bits),
+    );
+    xs.extend([-30.0, -10.5, 30.0, 0.0, -0.0]);
+    xs
+}
+
+#[test]
+fn gelu_forward_accuracy() {
+    let xs = gelu_inputs();
+    for kern in kernels() {
+        let mut out = vec![0.0; xs.len()];
+        kern.gelu_forward(&mut out, &xs);
+        let (mut worst, mut at) = (0.0f64, 0.0);
+        let (mut worst_pos, mut worst_rel) = (0.0f64, 0.0f64);
+        let mut worst_vs_tanhf = 0.0f64;
+        for (&y, &x) in out.iter().zip(&xs) {
+            let r = gelu_ref(x as f64);
+            let err = (y as f64 - r).abs();
+            if r.abs() >= f32::MIN_POSITIVE as f64 {
+                let ulps = err / ulp_at(r);
+                if ulps > worst {
+                    (worst, at) = (ulps, x);
+                }
+                if x >= 0.0 {
+                    worst_pos = worst_pos.max(ulps);
+                }
+                let tol = gelu_tol_ulps(x as f64);
+                worst_rel = worst_rel.max(ulps / tol);
+                assert!(
+                    ulps <= tol,
+                    "gelu_forward {} at x = {x}: {ulps:.1} ulp > {tol:.1}",
+                    kern.describe()
+                );
+            } else {
+                assert!(
+                    err <= 1e-37,
+                    "gelu {} tiny at x = {x}: {y} vs {r}",
+                    kern.describe()
+                );
+            }
+            // The same formula in f32 with libm::tanhf, as a portable kernel
+            // would compute it; its `1 + tanh` loses digits for x < 0, so
+            // compare absolutely, scaled by |x|.
+            let xf = x;
+            let t = libm::tanhf(0.797_884_6 * (xf + 0.044715 * xf * xf * xf));
+            let yt = 0.5 * xf * (1.0 + t);
+            worst_vs_tanhf = worst_vs_tanhf.max((y - yt).abs() as f64 / (xf.abs() as f64).max(1.0));
+        }
+        println!(
+            "gelu_forward {}: max {worst:.2} ulp from f64 (at x = {at}), {worst_pos:.2} ulp for x ≥ 0, {worst_rel:.2} of the tolerance; vs the libm::tanhf formula: max |Δ|/max(|x|,1) = {worst_vs_tanhf:e}",
+            kern.describe()
+        );
+    }
+}
+
+#[test]
+fn gelu_backward_accuracy() {
+    let xs = gelu_inputs();
+    let n = xs.len();
+    let dout: Vec<f32> = fill(n, 5).iter().map(|v| v * 3.0).collect();
+    let dinp0 = fill(n, 6);
+    for kern in kernels() {
+        let mut dinp = dinp0.clone();
+        kern.gelu_backward(&mut dinp, &xs, &dout);
+        let mut worst = 0.0f64;
+        for i in 0..n {
+            let (g, mag) = gelu_grad_ref(xs[i] as f64);
+            let a = gelu_exponent(xs[i] as f64).abs();
+            let want = dinp0[i] as f64 + g * dout[i] as f64;
+            let tol = 8.0 * U * (1.0 + a) * mag * (dout[i] as f64).abs()
+                + U * (dinp0[i] as f64).abs()
+                + U * want.abs()
+                + 1e-37;
+            let err = (dinp[i] as f64 - want).abs();
+            worst = worst.max(err / tol);
+            assert!(
+                err <= tol,
+                "gelu_backward {} at x = {}: {} vs {want}",
+                kern.describe(),
+                xs[i],
+                dinp[i]
+            );
+        }
+        println!(
+            "gelu_backward {}: max error {worst:.3} of the tolerance",
+            kern.describe()
+        );
+    }
+}
+
+#[test]
+fn elementwise_tails_stay_in_bounds() {
+    for kern in kernels() {
+        for &n in &LENS {
+            let x: Vec<f32> = fill(n, n as u64).iter().map(|v| v * 5.0).collect();
+            let mut out = with_tail(&vec![0.0; n]);
+            kern.gelu_forward(&mut out[..n], &x);
+            tail_intact(&out, n, "gelu_forward");
+            for (i, &xi) in x.iter().enumerate() {
+                let r = gelu_ref(xi as f64);
+                let tol = gelu_tol_ulps(xi as f64) * ulp_at(r);
+                assert!((out[i] as f64 - r).abs() <= tol, "gelu n={n} i={i}");
+            }
+            let mut d = with_tail(&vec![0.5; n]);
+            kern.gelu_backward(&mut d[..n], &x, &x);
+            tail_intact(&d, n, "gelu_backward");
+            let mut e = with_tail(&vec![0.0; n]);
+            kern.exp(&mut e[..n], &x);
+            tail_intact(&e, n, "exp");
+            let mut s = with_tail(&vec![0.0; n]);
+            kern.softmax_row(&mut s[..n], &x);
+            tail_intact(&s, n, "softmax_row");
+            let (mut p, mut m, mut v) = (with_tail(&x), with_tail(&x), with_tail(&x));
+            let hp = AdamW::at_step(1e-3, 0.9, 0.95, 1e-8, 0.1, 3);
+            let v0: Vec<f32> = x.iter().map(|a| a.abs()).collect();
+            v[..n].copy_from_slice(&v0);
+            kern.adamw(&mut p[..n], &x, &mut m[..n], &mut v[..n], &hp);
+            tail_intact(&p, n, "adamw p");
+            tail_intact(&m, n, "adamw m");
+            tail_intact(&v, n, "adamw v");
+        }
+    }
+}
+
+fn softmax_ref(x: &[f32]) -> Vec<f64> {
+    let mx = x.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - mx).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+#[test]
+fn softmax_accuracy() {
+    for kern in kernels() {
+        for &cols in &[1usize, 3, 8, 15, 16, 17, 33, 64, 65, 256, 1000] {
+            let rows = 5;
+            let x: Vec<f32> = fill(rows * cols, cols as u64)
+                .iter()
+                .map(|v| v * 20.0)
+                .collect();
+            let mut out = vec![0.0; rows * cols];
+            kern.softmax_rows(&mut out, &x, cols);
+            for r in 0..rows {
+                let row = &x[r * cols..(r + 1) * cols];
+                let want = softmax_ref(row);
+                let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                for (j, &w) in want.iter().enumerate() {
+                    let got = out[r * cols + j] as f64;
+                    let d = (row[j] - mx).abs() as f64;
+                    let sum_depth = 2.0 * (cols as f64).sqrt();
+                    assert!(
+                        (got - w).abs() <= (8.0 + d + sum_depth) * U * w + 1e-38,
+                        "softmax {} cols={cols} ({r},{j}): {got} vs {w}",
+                        kern.describe()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// f64 layernorm of one row: (out, mean, rstd).
+fn layernorm_ref(x: &[f32], w: &[f32], b: &[f32]) -> (Vec<f64>, f64, f64) {
+    let c = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c;
+    let rstd = 1.0 / (var + 1e-5).sqrt();
+    let out = x
+        .iter()
+        .zip(w.iter().zip(b))
+        .map(|(&v, (&wi, &bi))| (v as f64 - mean) * rstd * wi as f64 + bi as f64)
+        .collect();
+    (out, mean, rstd)
+}
+
+#[test]
+fn layernorm_forward_accuracy() {
+    for kern in kernels() {
+        for &c in &[1usize, 7, 16, 17, 64, 128, 384, 385] {
+            let rows = 6;
+            let x: Vec<f32> = fill(rows * c, c as u64)
+                .iter()
+                .map(|v| v * 2.0 + 0.3)
+                .collect();
+            let w: Vec<f32> = fill(c, 1).iter().map(|v| v + 1.0).collect();
+            let b = fill(c, 2);
+            let mut out = with_tail(&vec![0.0; rows * c]);
+            let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+            kern.layernorm_forward(&mut out[..rows * c], &mut mean, &mut rstd, &x, &w, &b);
+            tail_intact(&out, rows * c, "layernorm_forward");
+            for r in 0..rows {
+                let xr = &x[r * c..(r + 1) * c];
+                let (want, m, s) = layernorm_ref(xr, &w, &b);
+                assert!(
+                    (mean[r] as f64 - m).abs() <= 16.0 * U * (1.0 + m.abs()),
+                    "mean c={c}"
+                );
+                assert!(
+                    (rstd[r] as f64 - s).abs() <= 16.0 * U * s,
+                    "rstd c={c}: {} vs {s}",
+                    rstd[r]
+                );
+                for j in 0..c {
+                    let scale = (w[j] as f64).abs() * ((xr[j] as f64).abs() + m.abs()) * s
+                        + (b[j] as f64).abs();
+                    let err = (out[r * c + j] as f64 - want[j]).abs();
+                    assert!(
+                        err <= 16.0 * U * scale,
+                        "layernorm {} c={c} ({r},{j}): err {err:e}",
+                        kern.describe()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn layernorm_backward_accuracy() {
+    for kern in kernels() {
+        for &c in &[1usize, 7, 16, 17, 128, 385] {
+            let rows = 5;
+            let x: Vec<f32> = fill(rows * c, c as u64)
+                .iter()
+                .map(|v| v * 2.0 + 0.3)
+                .collect();
+            let w: Vec<f32> = fill(c, 1).iter().map(|v| v + 1.0).collect();
+            let b = fill(c, 2);
+            let dout = fill(rows * c, 3);
+            let (dinp0, dw0, db0) = (fill(rows * c, 4), fill(c, 5), fill(c, 6));
+            let mut out = vec![0.0; rows * c];
+            let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+            kern.layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &b);
+            let (mut dinp, mut dw, mut db) = (with_tail(&dinp0), with_tail(&dw0), with_tail(&db0));
+            kern.layernorm_backward(
+                &mut dinp[..rows * c],
+                &mut dw[..c],
+                &mut db[..c],
+                &dout,
+                &x,
+                &w,
+                &mean,
+                &rstd,
+            );
+            tail_intact(&dinp, rows * c, "layernorm_backward dinp");
+            tail_intact(&dw, c, "layernorm_backward dweight");
+            tail_intact(&db, c, "layernorm_backward dbias");
+            // f64 reference from the same saved mean/rstd.
+            let (mut rdw, mut rdb) = (
+                dw0.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                db0.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            );
+            let (mut mdw, mut mdb) = (
+                dw0.iter().map(|v| v.abs() as f64).collect::<Vec<_>>(),
+                db0.iter().map(|v| v.abs() as f64).collect::<Vec<_>>(),
+            );
+            for r in 0..rows {
+                let (m, s) = (mean[r] as f64, rstd[r] as f64);
+                let xr = &x[r * c..(r + 1) * c];
+                let gr = &dout[r * c..(r + 1) * c];
+                let norm: Vec<f64> = xr.iter().map(|&v| (v as f64 - m) * s).collect();
+                let dn: Vec<f64> = gr
+                    .iter()
+                    .zip(&w)
+                    .map(|(&g, &wi)| g as f64 * wi as f64)
+                    .collect();
+                let dn_mean = dn.iter().sum::<f64>() / c as f64;
+                let dnn_mean = dn.iter().zip(&norm).map(|(a, b)| a * b).sum::<f64>() / c as f64;
+                let mag_mean = dn.iter().map(|v| v.abs()).sum::<f64>() / c as f64;
+                let mag_nmean = dn
+                    .iter()
+                    .zip(&norm)
+                    .map(|(a, b)| (a * b).abs())
+                    .sum::<f64>()
+                    / c as f64;
+                for j in 0..c {
+                    rdb[j] += gr[j] as f64;
+                    mdb[j] += (gr[j] as f64).abs();
+                    rdw[j] += norm[j] * gr[j] as f64;
+                    mdw[j] += (norm[j] * gr[j] as f64).abs();
+                    let want = dinp0[r * c + j] as f64 + (dn[j] - dn_mean - norm[j] * dnn_mean) * s;
+                    let mag = (dinp0[r * c + j] as f64).abs()
+                        + (dn[j].abs() + mag_mean + norm[j].abs() * mag_nmean) * s;
+                    let err = (dinp[r * c + j] as f64 - want).abs();
+                    assert!(
+                        err <= 16.0 * U * mag,
+                        "ln dinp {} c={c} ({r},{j}): err {err:e} mag {mag:e}",
+                        kern.describe()
+                    );
+                }
+            }
+            for j in 0..c {
+                assert!(
+                    (dw[j] as f64 - rdw[j]).abs() <= 16.0 * U * mdw[j],
+                    "ln dweight {} c={c} j={j}",
+                    kern.describe()
+                );
+                assert!(
+                    (db[j] as f64 - rdb[j]).abs() <= 16.0 * U * mdb[j],
+                    "ln dbias {} c={c} j={j}",
+                    kern.describe()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn adamw_accuracy() {
+    let n = 1003;
+    let p0: Vec<f32> = fill(n, 1);
+    let g: Vec<f32> = fill(n, 2).iter().map(|v| v * 0.1).collect();
+    let m0: Vec<f32> = fill(n, 3).iter().map(|v| v * 0.01).collect();
+    let v0: Vec<f32> = fill(n, 4).iter().map(|v| v.abs() * 1e-3).collect();
+    let hp = AdamW::at_step(3e-4, 0.9, 0.95, 1e-8, 0.1, 7);
+    for kern in kernels() {
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        kern.adamw(&mut p, &g, &mut m, &mut v, &hp);
+        for i in 0..n {
+            let (b1, b2) = (hp.beta1 as f64, hp.beta2 as f64);
+            let gi = g[i] as f64;
+            let mi = b1 * m0[i] as f64 + (1.0 - b1) * gi;
+            let vi = b2 * v0[i] as f64 + (1.0 - b2) * gi * gi;
+            let mhat = mi / hp.bias_correction1 as f64;
+            let vhat = vi / hp.bias_correction2 as f64;
+            let upd = mhat / (vhat.sqrt() + hp.eps as f64) + hp.weight_decay as f64 * p0[i] as f64;
+            let pi = p0[i] as f64 - hp.lr as f64 * upd;
+            let mmag = b1 * (m0[i] as f64).abs() + (1.0 - b1) * gi.abs();
+            assert!(
+                (m[i] as f64 - mi).abs() <= 4.0 * U * mmag,
+                "adamw m {} i={i}",
+                kern.describe()
+            );
+            assert!(
+                (v[i] as f64 - vi).abs() <= 4.0 * U * vi,
+                "adamw v {} i={i}",
+                kern.describe()
+            );
+            let tol = 4.0 * U * (p0[i] as f64).abs()
+                + 8.0
+                    * U
+                    * hp.lr as f64
+                    * (mhat.abs() / (vhat.sqrt() + hp.eps as f64)
+                        + (hp.weight_decay * p0[i]).abs() as f64);
+            assert!(
+                (p[i] as f64 - pi).abs() <= tol,
+                "adamw p {} i={i}: {} vs {pi}",
+                kern.describe(),
+                p[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn deterministic_bits() {
+    let n = 4099;
+    let x: Vec<f32> = fill(n, 9).iter().map(|v| v * 6.0).collect();
+    let g = fill(n, 10);
+    let c = 97;
+    let rows = n / c;
+    let w = fill(c, 11);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for kern in kernels() {
+        let run = || {
+            let mut all = Vec::new();
+            let mut out = vec![0.0; n];
+            kern.gelu_forward(&mut out, &x);
+            all.extend(bits(&out));
+            let mut d = g.clone();
+            kern.gelu_backward(&mut d, &x, &g);
+            all.extend(bits(&d));
+            let mut s = vec![0.0; rows * c];
+            kern.softmax_rows(&mut s, &x[..rows * c], c);
+            all.extend(bits(&s));
+            let (mut o, mut mean, mut rstd) =
+                (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+            kern.layernorm_forward(&mut o, &mut mean, &mut rstd, &x[..rows * c], &w, &w);
+            all.extend(bits(&o));
+            let (mut dx, mut dw, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+            kern.layernorm_backward(
+                &mut dx,
+                &mut dw,
+                &mut db,
+                &g[..rows * c],
+                &x[..rows * c],
+                &w,
+                &mean,
+                &rstd,
+            );
+            all.extend(bits(&dx));
+            all.extend(bits(&dw));
+            let (mut p, mut m, mut v) = (x.clone(), g.clone(), vec![0.1; n]);
+            kern.adamw(
+                &mut p,
+                &g,
+                &mut m,
+                &mut v,
+                &AdamW::at_step(1e-3, 0.9, 0.95, 1e-8, 0.1, 2),
+            );
+            all.extend(bits(&p));
+            all
+        };
+        assert_eq!(run(), run(), "{} is not deterministic", kern.describe());
+    }
+}
+
+#[test]
+fn describe_names_the_path() {
+    assert_eq!(SimdKernels::portable().describe(), "portable");
+    let auto = SimdKernels::auto().describe();
+    assert!(
+        ["portable", "avx2+fma", "avx512f+fma"].contains(&auto.as_str()),
+        "{auto}"
+    );
+}

@@ -1,0 +1,413 @@
+//! GEMM on every instruction set this CPU has, against a scalar f64
+//! reference.
+//!
+//! Tolerance: `|C - C_ref| ≤ 1e-5 · (Σ_p |A_ip||B_pj| + |C0_ij|)` per element
+//! (k ≤ 4096), where `C0` is C's value before an accumulating call. The bound
+//! is the f32 rounding of a length-k FMA chain (≈ k·2⁻²⁴ worst case, far
+//! less in practice) with room to spare; a wrong index or a dropped step
+//! misses it by orders of magnitude. Elements of C's buffer outside the view
+//! must come back untouched (tail masks), and equal inputs must give equal
+//! bits.
+
+use cllm_std::kernels::{sgemm, Isa, KernelChoice, SimdKernels};
+
+fn kernels() -> Vec<SimdKernels> {
+    let mut v = Vec::new();
+    for choice in [
+        KernelChoice::Portable,
+        KernelChoice::Avx2,
+        KernelChoice::Avx512,
+    ] {
+        match SimdKernels::new(choice) {
+            Ok(k) => v.push(k),
+            Err(e) => eprintln!("skipping {choice:?}: {e}"),
+        }
+    }
+    v
+}
+
+/// Deterministic values in [-1, 1).
+fn fill(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// How each operand is laid out in memory.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// Row-major A and B (the forward pass).
+    NN,
+    /// B a transposed view (dinp = dout·Wᵀ).
+    NT,
+    /// A a transposed view (dW = inpᵀ·dout).
+    TN,
+    /// Both transposed.
+    TT,
+    /// Neither stride is 1 (padded rows and columns).
+    Strided,
+    /// C column-major.
+    ColC,
+}
+
+const LAYOUTS: [Layout; 6] = [
+    Layout::NN,
+    Layout::NT,
+    Layout::TN,
+    Layout::TT,
+    Layout::Strided,
+    Layout::ColC,
+];
+
+/// Strides (rs, cs) of a rows×cols view, and the buffer length it needs.
+fn view(rows: usize, cols: usize, transposed: bool, padded: bool) -> (usize, usize, usize) {
+    if padded {
+        // Row stride with a gap, column stride 2: every other float unused.
+        let cs = 2;
+        let rs = cols * 2 + 3;
+        (rs, cs, rows * rs)
+    } else if transposed {
+        (1, rows, rows * cols)
+    } else {
+        (cols, 1, rows * cols)
+    }
+}
+
+struct Case {
+    m: usize,
+    k: usize,
+    n: usize,
+    layout: Layout,
+    accumulate: bool,
+}
+
+/// Runs one case on `kern`, checks it against the f64 reference, and
+/// returns the result buffer (for determinism checks).
+fn check(kern: &SimdKernels, cs: &Case, seed: u64) -> Vec<f32> {
+    let (m, k, n) = (cs.m, cs.k, cs.n);
+    let (ta, tb, pad, colc) = match cs.layout {
+        Layout::NN => (false, false, false, false),
+        Layout::NT => (false, true, false, false),
+        Layout::TN => (true, false, false, false),
+        Layout::TT => (true, true, false, false),
+        Layout::Strided => (false, false, true, false),
+        Layout::ColC => (false, true, false, true),
+    };
+    let (rsa, csa, la) = view(m, k, ta, pad);
+    let (rsb, csb, lb) = view(k, n, tb, pad);
+    let (rsc, csc, lc) = if colc {
+        (1, m + 1, (m + 1) * n)
+    } else {
+        view(m, n, false, pad)
+    };
+    let a = fill(la, seed);
+    let b = fill(lb, seed + 1);
+    // C's buffer: real values where the view is, a sentinel elsewhere.
+    const SENTINEL: f32 = 1234.5;
+    let mut c = vec![SENTINEL; lc + 5];
+    let c0v = fill(m * n, seed + 2);
+    for i in 0..m {
+        for j in 0..n {
+            c[i * rsc + j * csc] = c0v[i * n + j];
+        }
+    }
+    let before = c.clone();
+    kern.gemm(
+        m,
+        k,
+        n,
+        &a,
+        rsa,
+        csa,
+        &b,
+        rsb,
+        csb,
+        &mut c[..lc],
+        rsc,
+        csc,
+        cs.accumulate,
+    );
+    let mut in_view = vec![false; c.len()];
+    for i in 0..m {
+        for j in 0..n {
+            let idx = i * rsc + j * csc;
+            in_view[idx] = true;
+            let (mut exact, mut mag) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                let t = a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64;
+                exact += t;
+                mag += t.abs();
+            }
+            if cs.accumulate {
+                exact += before[idx] as f64;
+                mag += (before[idx] as f64).abs();
+            }
+            let err = (c[idx] as f64 - exact).abs();
+            assert!(
+                err <= 1e-5 * mag + 1e-30,
+                "{} {m}×{k}×{n} {:?} acc={} at ({i},{j}): got {} want {exact} (err {err:e}, Σ|ab| {mag:e})",
+                kern.describe(),
+                cs.layout,
+                cs.accumulate,
+                c[idx]
+            );
+        }
+    }
+    for (idx, (&got, &was)) in c.iter().zip(&before).enumerate() {
+        if !in_view[idx] {
+            assert_eq!(
+                got.to_bits(),
+                was.to_bits(),
+                "{} {m}×{k}×{n} {:?}: wrote outside the C view at {idx}",
+                kern.describe(),
+                cs.layout
+            );
+        }
+    }
+    c
+}
+
+#[test]
+fn small_sizes_all_layouts_and_tails() {
+    for kern in kernels() {
+        for m in 1..=33 {
+            for n in 1..=33 {
+                for (t, &k) in [1usize, 4, 17, 33].iter().enumerate() {
+                    // Every layout for every (m, n) tail, alternating accumulate.
+                    for (l, &layout) in LAYOUTS.iter().enumerate() {
+                        let accumulate = (m + n + t + l) % 2 == 0;
+                        let cs = Case {
+                            m,
+                            k,
+                            n,
+                            layout,
+                            accumulate,
+                        };
+                        check(&kern, &cs, (m * 1000 + n * 10 + k) as u64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_k_up_to_33() {
+    for kern in kernels() {
+        for k in 1..=33 {
+            for &(m, n) in &[(1, 1), (7, 9), (8, 32), (13, 47), (33, 33)] {
+                for &layout in &LAYOUTS {
+                    for accumulate in [false, true] {
+                        check(
+                            &kern,
+                            &Case {
+                                m,
+                                k,
+                                n,
+                                layout,
+                                accumulate,
+                            },
+                            k as u64,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sizes around the blocking constants (KC = 256 reduction steps, NC = 512
+/// columns) so every block boundary and partial block is crossed.
+#[test]
+fn block_boundaries() {
+    let sizes = [
+        (9, 255, 40),
+        (9, 256, 40),
+        (17, 257, 33),
+        (5, 513, 17),
+        (7, 40, 511),
+        (7, 40, 512),
+        (3, 300, 1025),
+    ];
+    for kern in kernels() {
+        for &(m, k, n) in &sizes {
+            for &layout in &[Layout::NN, Layout::NT, Layout::TN, Layout::ColC] {
+                for accumulate in [false, true] {
+                    check(
+                        &kern,
+                        &Case {
+                            m,
+                            k,
+                            n,
+                            layout,
+                            accumulate,
+                        },
+                        (m + k + n) as u64,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The model's GEMMs (small config, one sequence and more) with the layouts
+/// they use: forward NN, dinp NT, dW TN, LM head NT.
+#[test]
+fn model_shapes() {
+    let shapes = [
+        (64, 128, 384, Layout::NN),
+        (384, 128, 512, Layout::NN),
+        (384, 512, 128, Layout::NN),
+        (64, 384, 128, Layout::NT),
+        (384, 512, 128, Layout::NT),
+        (128, 384, 384, Layout::TN),
+        (512, 64, 128, Layout::TN),
+        (384, 128, 65, Layout::NT),
+        (65, 384, 128, Layout::TN),
+        (64, 32, 64, Layout::NT),
+        (64, 64, 32, Layout::NN),
+        (256, 384, 256, Layout::NT),
+        (96, 4096, 48, Layout::TN),
+    ];
+    for kern in kernels() {
+        for &(m, k, n, layout) in &shapes {
+            for accumulate in [false, true] {
+                check(
+                    &kern,
+                    &Case {
+                        m,
+                        k,
+                        n,
+                        layout,
+                        accumulate,
+                    },
+                    7,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn deterministic_bits() {
+    for kern in kernels() {
+        for &(m, k, n, layout) in &[
+            (97, 300, 130, Layout::NN),
+            (64, 513, 65, Layout::NT),
+            (33, 700, 40, Layout::TN),
+        ] {
+            let cs = Case {
+                m,
+                k,
+                n,
+                layout,
+                accumulate: true,
+            };
+            let first = check(&kern, &cs, 3);
+            let again = check(&kern, &cs, 3);
+            // A fresh thread starts with fresh packing buffers.
+            let other = std::thread::scope(|s| s.spawn(|| check(&kern, &cs, 3)).join().unwrap());
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&first),
+                bits(&again),
+                "{} {m}×{k}×{n}",
+                kern.describe()
+            );
+            assert_eq!(
+                bits(&first),
+                bits(&other),
+                "{} {m}×{k}×{n} other thread",
+                kern.describe()
+            );
+        }
+    }
+}
+
+/// An element's bits depend only on its row of A and column of B: computing
+/// one row (or one column) alone gives the same bits as inside the full
+/// product, so splitting tokens across work units cannot change results.
+#[test]
+fn elements_independent_of_m_and_n() {
+    let (m, k, n) = (37, 300, 45);
+    let a = fill(m * k, 1);
+    let b = fill(k * n, 2);
+    for kern in kernels() {
+        let mut full = vec![0.0; m * n];
+        kern.gemm(m, k, n, &a, k, 1, &b, n, 1, &mut full, n, 1, false);
+        for i in [0, 8, 36] {
+            let mut row = vec![0.0; n];
+            kern.gemm(1, k, n, &a[i * k..], k, 1, &b, n, 1, &mut row, n, 1, false);
+            assert_eq!(row, full[i * n..(i + 1) * n], "{} row {i}", kern.describe());
+        }
+        for j in [0, 16, 33, 44] {
+            let mut col = vec![0.0; m];
+            kern.gemm(m, k, 1, &a, k, 1, &b[j..], n, 1, &mut col, 1, 1, false);
+            let want: Vec<f32> = (0..m).map(|i| full[i * n + j]).collect();
+            assert_eq!(col, want, "{} column {j}", kern.describe());
+        }
+    }
+}
+
+#[test]
+fn k_zero_and_empty() {
+    for kern in kernels() {
+        let mut c = vec![3.0f32; 6];
+        kern.gemm(2, 0, 3, &[], 0, 1, &[], 3, 1, &mut c, 3, 1, true);
+        assert_eq!(c, [3.0; 6], "k = 0 with accumulate leaves C");
+        kern.gemm(2, 0, 3, &[], 0, 1, &[], 3, 1, &mut c, 3, 1, false);
+        assert_eq!(c, [0.0; 6], "k = 0 without accumulate zeroes C");
+        kern.gemm(0, 4, 3, &[], 4, 1, &[0.0; 12], 3, 1, &mut [], 3, 1, false);
+    }
+}
+
+#[test]
+fn free_function_uses_the_detected_path() {
+    let (m, k, n) = (37, 50, 41);
+    let a = fill(m * k, 1);
+    let b = fill(k * n, 2);
+    let mut c1 = vec![0.0; m * n];
+    let mut c2 = vec![0.0; m * n];
+    sgemm(m, k, n, &a, k, 1, &b, n, 1, &mut c1, n, 1, false);
+    SimdKernels::auto().gemm(m, k, n, &a, k, 1, &b, n, 1, &mut c2, n, 1, false);
+    assert_eq!(c1, c2);
+    assert_eq!(SimdKernels::auto().isa(), Isa::detect());
+}
+
+#[test]
+#[should_panic(expected = "does not fit")]
+fn rejects_a_view_past_the_slice() {
+    let a = vec![0.0; 11]; // 3×4 needs 12
+    let b = vec![0.0; 8];
+    let mut c = vec![0.0; 6];
+    sgemm(3, 4, 2, &a, 4, 1, &b, 2, 1, &mut c, 2, 1, false);
+}
+
+#[test]
+#[should_panic(expected = "does not fit")]
+fn rejects_overflowing_strides() {
+    let a = vec![0.0; 4];
+    let b = vec![0.0; 4];
+    let mut c = vec![0.0; 4];
+    sgemm(
+        2,
+        2,
+        2,
+        &a,
+        usize::MAX / 2,
+        1,
+        &b,
+        2,
+        1,
+        &mut c,
+        2,
+        1,
+        false,
+    );
+}

@@ -310,7 +310,7 @@ struct Local {
 ///     shape: Shape::new(1, 12).unwrap(), threads: 2, units: 12, micro_batch: 1,
 ///     seq_len: 8, pin_threads: false, max_retries: 1,
 /// };
-/// let mut h = Hierarchy::new(model, params, ExactAcc::default(), Portable, Arc::new(Counting), cfg).unwrap();
+/// let mut h = Hierarchy::new(model, params, ExactAcc, Portable, Arc::new(Counting), cfg).unwrap();
 /// let stats = h.compute_gradients(0).unwrap();   // train across the whole tree
 /// let grads: &[f32] = h.gradients();             // read the accumulated gradients
 /// println!("loss {} |g| {}", stats.loss, stats.grad_norm);

@@ -27,6 +27,7 @@
 
 mod elementwise;
 mod gemm;
+mod seam;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -1,0 +1,332 @@
+//! Training throughput benchmark: trains a fixed number of steps on tiny
+//! shakespeare (byte tokens) and prints tokens/s, ms/step, model FLOP/s, its
+//! fraction of the measured matmul peak, and peak RSS.
+//!
+//! ```sh
+//! cargo run --release --example bench_train -- --config small --threads 1,2 --depth 1
+//! cargo run --release --example bench_train -- --config small --threads 2 --depth 0,1,2,3
+//! cargo run --release --example bench_train -- --config medium --threads 2 --steps 5
+//! ```
+//! Every combination of the comma-separated lists runs in the same process,
+//! one after the other, so rows are comparable; compare ratios, not absolute
+//! figures, on a noisy machine.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
+use cllm_core::kernels::Kernels;
+use cllm_core::model::{self, GptConfig};
+use cllm_core::optim::AdamW;
+use cllm_core::tree::Shape;
+use cllm_std::exec::{ExecConfig, Hierarchy, Optimizer, UnitSource, UpdateSettings};
+use cllm_std::kernels::{KernelChoice, SimdKernels};
+
+struct Bytes {
+    data: Vec<u8>,
+    micro_batch: usize,
+    seq: usize,
+}
+
+impl UnitSource for Bytes {
+    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
+        for s in 0..self.micro_batch {
+            let start = cllm_std::data::sequence_start(
+                1,
+                step,
+                (unit * self.micro_batch + s) as u64,
+                self.data.len(),
+                self.seq,
+            );
+            for i in 0..self.seq {
+                tokens[s * self.seq + i] = self.data[start + i] as u32;
+                targets[s * self.seq + i] = self.data[start + i + 1] as u32;
+            }
+        }
+    }
+}
+
+struct Args {
+    config: String,
+    threads: Vec<usize>,
+    depths: Vec<u32>,
+    branching: u32,
+    steps: usize,
+    warmup: usize,
+    micro_batch: Option<usize>,
+    accumulators: Vec<String>,
+    kernels: Vec<String>,
+    data: String,
+}
+
+fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
+    s.split(',')
+        .map(|x| x.trim().parse().map_err(|_| format!("bad {what}: {x}")))
+        .collect()
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        config: "small".into(),
+        threads: vec![std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)],
+        depths: vec![1],
+        branching: 12,
+        steps: 20,
+        warmup: 2,
+        micro_batch: None,
+        accumulators: vec!["f32".into()],
+        kernels: vec!["auto".into()],
+        data: format!(
+            "{}/../shared/data/tinyshakespeare/input.txt",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--config" => a.config = val()?,
+            "--threads" => a.threads = list(&val()?, "thread count")?,
+            "--depth" => a.depths = list(&val()?, "depth")?,
+            "--branching" => a.branching = val()?.parse().map_err(|_| "bad branching")?,
+            "--steps" => a.steps = val()?.parse().map_err(|_| "bad steps")?,
+            "--warmup" => a.warmup = val()?.parse().map_err(|_| "bad warmup")?,
+            "--micro-batch" => a.micro_batch = Some(val()?.parse().map_err(|_| "bad micro-batch")?),
+            "--accumulator" => a.accumulators = list(&val()?, "accumulator")?,
+            "--kernels" => a.kernels = list(&val()?, "kernels")?,
+            "--data" => a.data = val()?,
+            "--help" | "-h" => {
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch M --accumulator f32,fixed,exact --kernels auto,portable --data FILE");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other} (see --help)")),
+        }
+    }
+    Ok(a)
+}
+
+/// (n_layer, n_head, n_embd, seq_len, batch)
+fn config(name: &str) -> Result<(usize, usize, usize, usize, usize), String> {
+    match name {
+        "small" => Ok((4, 4, 128, 64, 12)),
+        "medium" => Ok((6, 6, 384, 256, 64)),
+        _ => Err(format!("unknown config {name} (small or medium)")),
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Best single-thread GFLOP/s of the chosen kernels on a large sgemm.
+fn matmul_peak<K: Kernels<f32>>(k: &K) -> f64 {
+    let n = 512;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        k.gemm(n, n, n, &a, n, 1, &b, n, 1, &mut c, n, 1, false);
+        best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+struct Row {
+    tokens_per_s: f64,
+    ms_per_step: f64,
+    gflops: f64,
+    loss: f32,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static>(
+    model: GptConfig,
+    acc: A,
+    kernels: K,
+    source: Arc<Bytes>,
+    shape: Shape,
+    threads: usize,
+    units: usize,
+    args: &Args,
+) -> Result<Row, String>
+where
+    A::Cell: 'static,
+{
+    let (mb, seq) = (source.micro_batch, source.seq);
+    let mut params = vec![0.0f32; model.num_params()];
+    model::init_params(&model, &mut params, 1).map_err(|e| e.to_string())?;
+    let cfg = ExecConfig {
+        shape,
+        threads,
+        units,
+        micro_batch: mb,
+        seq_len: seq,
+        pin_threads: false,
+        max_retries: 0,
+    };
+    let mut h =
+        Hierarchy::new(model, params, acc, kernels, source, cfg).map_err(|e| e.to_string())?;
+    let opt = Optimizer::AdamW(AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    });
+    let mut step = |i: usize| {
+        h.train_step(
+            i as u64,
+            UpdateSettings {
+                optimizer: opt,
+                lr: 1e-3,
+                grad_clip: 1.0,
+                t: i as u64 + 1,
+            },
+        )
+        .map_err(|e| e.to_string())
+    };
+    for i in 0..args.warmup {
+        step(i)?;
+    }
+    let t = Instant::now();
+    let mut loss = 0.0;
+    for i in 0..args.steps {
+        loss = step(args.warmup + i)?.loss;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let tokens = (args.steps * units * mb * seq) as f64;
+    // PaLM-style count: 6 FLOPs per parameter per token (forward + backward)
+    // plus the attention score and value products.
+    let per_token =
+        6.0 * model.num_params() as f64 + 12.0 * (model.n_layer * seq * model.n_embd) as f64;
+    Ok(Row {
+        tokens_per_s: tokens / secs,
+        ms_per_step: 1000.0 * secs / args.steps as f64,
+        gflops: tokens * per_token / secs / 1e9,
+        loss,
+    })
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<(), String> {
+    let args = parse()?;
+    let (n_layer, n_head, n_embd, seq, batch) = config(&args.config)?;
+    let data = std::fs::read(&args.data).map_err(|e| format!("{}: {e}", args.data))?;
+    let model = GptConfig {
+        vocab_size: 256,
+        n_positions: seq,
+        n_embd,
+        n_layer,
+        n_head,
+    };
+    println!(
+        "config {}: {} layers, {} heads, n_embd {}, seq {}, batch {}, {} parameters, byte tokens, AdamW",
+        args.config,
+        n_layer,
+        n_head,
+        n_embd,
+        seq,
+        batch,
+        model.num_params()
+    );
+    println!(
+        "| kernels | accumulator | threads | depth | branching | units×micro-batch | tokens/s | ms/step | model GFLOP/s | % of peak | peak RSS MiB | loss |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for kname in &args.kernels {
+        let choice = match kname.as_str() {
+            "auto" => KernelChoice::Auto,
+            "portable" => KernelChoice::Portable,
+            k => return Err(format!("unknown kernels {k}")),
+        };
+        let kernels = SimdKernels::new(choice).map_err(|e| e.to_string())?;
+        let peak1 = matmul_peak(&kernels);
+        for acc_name in &args.accumulators {
+            for &threads in &args.threads {
+                for &depth in &args.depths {
+                    let mb = args
+                        .micro_batch
+                        .unwrap_or_else(|| (batch / threads.max(1)).max(1));
+                    if batch % mb != 0 {
+                        return Err(format!(
+                            "batch {batch} is not a multiple of micro-batch {mb}"
+                        ));
+                    }
+                    let units = batch / mb;
+                    let shape = Shape::new(depth, args.branching).map_err(|e| e.to_string())?;
+                    let source = Arc::new(Bytes {
+                        data: data.clone(),
+                        micro_batch: mb,
+                        seq,
+                    });
+                    let k = kernels;
+                    let row = match acc_name.as_str() {
+                        "f32" => run(model, F32Acc, k, source, shape, threads, units, &args)?,
+                        "fixed" => run(
+                            model,
+                            FixedAcc::default(),
+                            k,
+                            source,
+                            shape,
+                            threads,
+                            units,
+                            &args,
+                        )?,
+                        "exact" => run(model, ExactAcc, k, source, shape, threads, units, &args)?,
+                        a => return Err(format!("unknown accumulator {a}")),
+                    };
+                    let peak = peak1
+                        * threads.min(
+                            std::thread::available_parallelism()
+                                .map(|n| n.get())
+                                .unwrap_or(1),
+                        ) as f64;
+                    println!(
+                        "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0} | {:.3} |",
+                        kernels.describe(),
+                        acc_name,
+                        threads,
+                        depth,
+                        args.branching,
+                        units,
+                        mb,
+                        row.tokens_per_s,
+                        row.ms_per_step,
+                        row.gflops,
+                        100.0 * row.gflops / peak,
+                        peak_rss_mib(),
+                        row.loss
+                    );
+                }
+            }
+        }
+        println!(
+            "measured single-thread matmul peak ({}): {:.1} GFLOP/s (512³ sgemm)",
+            kernels.describe(),
+            peak1
+        );
+    }
+    Ok(())
+}

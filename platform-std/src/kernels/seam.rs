@@ -1,0 +1,85 @@
+//! `SimdKernels` plugged into the core's kernel seam.
+//!
+//! Only what measurably pays is overridden (GEMM, GELU, LayerNorm, row
+//! softmax); everything else keeps the core's portable defaults.
+
+use cllm_core::kernels::Kernels;
+
+use super::SimdKernels;
+
+/// Rows longer than this fall back to the portable softmax (the in-place
+/// SIMD path copies the row to a stack buffer first).
+const SOFTMAX_STACK: usize = 1024;
+
+impl Kernels<f32> for SimdKernels {
+    fn gemm(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        rsb: usize,
+        csb: usize,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+        accumulate: bool,
+    ) {
+        SimdKernels::gemm(
+            self, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
+        )
+    }
+
+    fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
+        SimdKernels::gelu_forward(self, out, inp)
+    }
+
+    fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+        SimdKernels::gelu_backward(self, dinp, inp, dout)
+    }
+
+    fn layernorm_forward(
+        &self,
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+        inp: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        eps: f32,
+    ) {
+        // The SIMD kernel has GPT-2's epsilon built in.
+        if eps == 1e-5 {
+            SimdKernels::layernorm_forward(self, out, mean, rstd, inp, weight, bias)
+        } else {
+            cllm_core::kernels::Portable.layernorm_forward(out, mean, rstd, inp, weight, bias, eps)
+        }
+    }
+
+    fn layernorm_backward(
+        &self,
+        dinp: &mut [f32],
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        weight: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+    ) {
+        SimdKernels::layernorm_backward(self, dinp, dweight, dbias, dout, inp, weight, mean, rstd)
+    }
+
+    fn softmax_row(&self, row: &mut [f32]) {
+        if row.len() > SOFTMAX_STACK {
+            return cllm_core::kernels::Portable.softmax_row(row);
+        }
+        let mut tmp = [0.0f32; SOFTMAX_STACK];
+        let tmp = &mut tmp[..row.len()];
+        tmp.copy_from_slice(row);
+        SimdKernels::softmax_row(self, row, tmp)
+    }
+}

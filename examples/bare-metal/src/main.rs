@@ -21,10 +21,11 @@ use core::mem::MaybeUninit;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use cllm_core::accumulate::{AccError, Accumulator, F32Acc};
+use cllm_core::accumulate::{AccError, Accumulator, ExactAcc};
 use cllm_core::model::{self, GptConfig, ModelError};
 use cllm_core::optim::{self, AdamW, LrSchedule, OptimError};
 use cllm_core::rng::Rng;
+use cllm_core::tree::Shape;
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::debug;
 
@@ -86,8 +87,11 @@ const MAX_LOSS_RATIO: f32 = 0.25;
 /// [`Accumulator`] works: cells are built in place and reduced in
 /// `CHUNK`-element passes, so a wide cell (an exact register) costs
 /// `2·CHUNK` cells of RAM, not one per parameter.
-type Acc = F32Acc;
-const ACC: Acc = F32Acc;
+///
+/// The exact (Kulisch) accumulator makes the sum independent of the tree's
+/// shape and of the order of the leaves, as on the desktop.
+type Acc = ExactAcc;
+const ACC: Acc = ExactAcc;
 type Cell = <Acc as Accumulator>::Cell;
 
 /// Elements per reduction pass. Accumulators are elementwise, so the chunk
@@ -244,10 +248,16 @@ fn window(start: usize, tokens: &mut [u32], targets: &mut [u32]) {
     }
 }
 
-/// Leaf `leaf`'s units: `[j·U/L, (j+1)·U/L)`, the tree's contiguous,
-/// balanced split (possibly empty when there are more leaves than units).
+/// The depth-1 sphere tree the units are spread over.
+const TREE: Shape = match Shape::new(1, LEAVES as u32) {
+    Ok(s) => s,
+    Err(_) => panic!("LEAVES must be in 1..=12"),
+};
+
+/// Leaf `leaf`'s units: the tree's contiguous, balanced split (possibly
+/// empty when there are more leaves than units).
 fn leaf_units(leaf: usize) -> Range<usize> {
-    leaf * UNITS / LEAVES..(leaf + 1) * UNITS / LEAVES
+    TREE.leaf_units(leaf as u32, UNITS)
 }
 
 /// Sums the unit gradients the way the sphere tree does: each leaf folds its

@@ -24,6 +24,7 @@
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,12 +205,48 @@ pub struct FailureInjection {
     pub times: u32,
 }
 
+/// A half-open index range that is `Copy` (unlike `Range`), so jobs are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    fn of(r: Range<usize>) -> Self {
+        Span {
+            start: r.start,
+            end: r.end,
+        }
+    }
+    fn len(self) -> usize {
+        self.end - self.start
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Job {
     Idle,
     Train {
         step: u64,
         update: Option<UpdateSettings>,
+        /// The block of leaves whose units this job computes (all leaves
+        /// outside [`Hierarchy::compute_partial`]).
+        leaves: Span,
+        /// Stop once the units' sum is in the merged accumulator (or, for
+        /// f32, in the gradient buffer): no rounding, scaling, norm or update.
+        partial: bool,
+    },
+    /// Round / scale the reduced gradient of these segments and record their
+    /// squared norms ([`Hierarchy::finish_gradients`]).
+    Finish {
+        segments: Span,
+    },
+    /// Apply the optimizer to these segments ([`Hierarchy::apply_update`]).
+    Update {
+        segments: Span,
+        grad_norm: f64,
+        update: UpdateSettings,
     },
     Eval,
     Exit,
@@ -248,8 +285,9 @@ struct Shared<A: Accumulator, K> {
     kernels: K,
     source: Arc<dyn UnitSource>,
     segments: Segments,
-    /// Units of worker `i`: `owned[i]..owned[i+1]`.
-    owned: Vec<usize>,
+    /// Units of worker `i` in the current job: `owned[i]..owned[i+1]`
+    /// (written by the owner while the workers are parked).
+    owned: Buf<usize>,
 
     params: Buf<f32>,
     grads: Buf<f32>,
@@ -377,19 +415,7 @@ where
         };
         let accs = if A::ASSOCIATIVE { t } else { 0 };
         let segments = Segments::new(p);
-
-        // Worker i owns the units of a contiguous block of leaves.
-        let leaves = cfg.shape.leaf_count() as usize;
-        let owned = (0..=t)
-            .map(|i| {
-                let leaf = (i as u128 * leaves as u128 / t as u128) as usize;
-                if leaf == leaves {
-                    cfg.units
-                } else {
-                    cfg.shape.leaf_units(leaf as u32, cfg.units).start
-                }
-            })
-            .collect::<Vec<_>>();
+        let owned = Buf::new(t + 1, || 0usize);
 
         let mut param_buf = Buf::new(p, || 0.0f32);
         // SAFETY: no worker exists yet.
@@ -520,7 +546,12 @@ where
 
     /// Compute the step's mean gradient across the hierarchy (no update).
     pub fn compute_gradients(&mut self, step: u64) -> Result<StepStats, ExecError> {
-        self.run(Job::Train { step, update: None })
+        self.run(Job::Train {
+            step,
+            update: None,
+            leaves: self.all_leaves(),
+            partial: false,
+        })
     }
 
     /// Compute the step's gradient and apply the optimizer.
@@ -532,7 +563,144 @@ where
         self.run(Job::Train {
             step,
             update: Some(update),
+            leaves: self.all_leaves(),
+            partial: false,
         })
+    }
+
+    // ---- Hooks for executors that span processes (cllm-mpi) ----
+    //
+    // A step then runs as: `compute_partial` on this process's leaves →
+    // read `merged_cells` (or, for f32, `gradients`) → reduce across
+    // processes → write the reduced sums of the segments this process owns
+    // with `merged_cells_mut` / `gradients_mut` → `finish_gradients` →
+    // combine the segment norms of all processes in segment order →
+    // `apply_update` → exchange the updated parameters (`params_mut`).
+    // Every step uses the same arithmetic as `train_step`, so an
+    // associative accumulator gives the same bits as a single process.
+
+    /// The units of the step that leaves `leaves` own: the contiguous range
+    /// `[first unit of leaf leaves.start, first unit of leaf leaves.end)`.
+    pub fn leaf_units(&self, leaves: Range<u32>) -> Range<usize> {
+        leaf_block_units(self.shared.cfg.shape, self.shared.cfg.units, leaves)
+    }
+
+    /// Compute only the units owned by the contiguous block of leaves
+    /// `leaves` (a slice of the tree) with the local threads, and leave their
+    /// sum unrounded: for associative accumulators in [`merged_cells`]
+    /// (thread accumulators merged), for f32 in [`gradients`] (the canonical
+    /// fold of the block's units, as if they were a whole step of the same
+    /// shape; zero when the block has no units). Nothing is scaled and the
+    /// parameters are not touched. The returned loss is the mean over the
+    /// block's units (0 when it has none); `grad_norm` is 0.
+    ///
+    /// [`merged_cells`]: Self::merged_cells
+    /// [`gradients`]: Self::gradients
+    pub fn compute_partial(
+        &mut self,
+        step: u64,
+        leaves: Range<u32>,
+    ) -> Result<StepStats, ExecError> {
+        let n = self.shared.cfg.shape.leaf_count();
+        if leaves.start > leaves.end || leaves.end > n {
+            return Err(ExecError::Config(format!(
+                "leaf range {leaves:?} outside the tree's {n} leaves"
+            )));
+        }
+        self.run(Job::Train {
+            step,
+            update: None,
+            leaves: Span::of(leaves.start as usize..leaves.end as usize),
+            partial: true,
+        })
+    }
+
+    fn all_leaves(&self) -> Span {
+        Span::of(0..self.shared.cfg.shape.leaf_count() as usize)
+    }
+
+    /// Loss of every unit of the last training job (only the units it
+    /// computed are meaningful).
+    pub fn unit_losses(&self) -> &[f32] {
+        // SAFETY: as for `params`.
+        unsafe { self.shared.unit_losses.all() }
+    }
+
+    /// The merged accumulator after [`compute_partial`](Self::compute_partial)
+    /// (also after a full step, where it holds the unrounded sum). Empty for
+    /// non-associative accumulators (f32), whose sums are in
+    /// [`gradients`](Self::gradients).
+    pub fn merged_cells(&self) -> &[A::Cell] {
+        match self.shared.accs.first() {
+            // SAFETY: as for `params`.
+            Some(b) => unsafe { b.all() },
+            None => &[],
+        }
+    }
+
+    /// The merged accumulator, to store reduced sums before
+    /// [`finish_gradients`](Self::finish_gradients).
+    pub fn merged_cells_mut(&mut self) -> &mut [A::Cell] {
+        match self.shared.accs.first() {
+            // SAFETY: as for `params_mut`.
+            Some(b) => unsafe { b.all_mut() },
+            None => &mut [],
+        }
+    }
+
+    /// The gradient buffer, to store reduced f32 sums before
+    /// [`finish_gradients`](Self::finish_gradients).
+    pub fn gradients_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as for `params_mut`.
+        unsafe { self.shared.grads.all_mut() }
+    }
+
+    /// The fixed segments of the parameter vector.
+    pub fn segments(&self) -> Segments {
+        self.shared.segments
+    }
+
+    /// Turn the reduced sums of segments `segments` into the mean gradient,
+    /// with the local threads, exactly as a full step does: associative
+    /// accumulators round [`merged_cells`](Self::merged_cells) into the
+    /// gradient, f32 takes [`gradients`](Self::gradients) as the sum; then
+    /// each element is multiplied by `1/units`. Returns `Σg²` of each segment
+    /// of the range (index 0 = `segments.start`), the partials whose sum in
+    /// segment order is the squared global norm.
+    pub fn finish_gradients(&mut self, segments: Range<usize>) -> Result<&[f64], ExecError> {
+        self.check_segments(&segments)?;
+        self.dispatch(Job::Finish {
+            segments: Span::of(segments.clone()),
+        })?;
+        // SAFETY: workers are parked again.
+        Ok(unsafe { self.shared.seg_norms.get(segments) })
+    }
+
+    /// Apply the optimizer to segments `segments` (parameters and optimizer
+    /// state there) with the local threads, clipping by `grad_norm` (the
+    /// global norm of the mean gradient) as `train_step` does.
+    pub fn apply_update(
+        &mut self,
+        segments: Range<usize>,
+        grad_norm: f64,
+        update: UpdateSettings,
+    ) -> Result<(), ExecError> {
+        self.check_segments(&segments)?;
+        self.dispatch(Job::Update {
+            segments: Span::of(segments),
+            grad_norm,
+            update,
+        })
+    }
+
+    fn check_segments(&self, segments: &Range<usize>) -> Result<(), ExecError> {
+        let n = self.shared.segments.count();
+        if segments.start > segments.end || segments.end > n {
+            return Err(ExecError::Config(format!(
+                "segment range {segments:?} outside the {n} segments"
+            )));
+        }
+        Ok(())
     }
 
     /// Mean loss over the source's evaluation units (None if it has none).
@@ -547,13 +715,54 @@ where
     }
 
     fn run(&mut self, job: Job) -> Result<StepStats, ExecError> {
+        self.dispatch(job)?;
+        let sh = &*self.shared;
+        let units = match job {
+            Job::Train { leaves, .. } => sh.leaf_span_units(leaves),
+            _ => Span::of(0..sh.cfg.units),
+        };
+        let partial = matches!(job, Job::Train { partial: true, .. });
+        // SAFETY: workers are parked again.
+        let (losses, norms) = unsafe {
+            (
+                sh.unit_losses.get(units.start..units.end),
+                sh.seg_norms.all(),
+            )
+        };
+        Ok(StepStats {
+            loss: ordered_mean(losses),
+            grad_norm: if partial {
+                0.0
+            } else {
+                ordered_norm(norms) as f32
+            },
+            retried_units: sh.retried.load(Ordering::Relaxed) as u32,
+            stolen_units: sh.stolen.load(Ordering::Relaxed) as u32,
+        })
+    }
+
+    /// Run one job on every worker and wait for it.
+    fn dispatch(&mut self, job: Job) -> Result<(), ExecError> {
         if self.poisoned {
             return Err(ExecError::Poisoned);
         }
         let sh = &*self.shared;
         // Reset per-step state while the workers are parked.
+        if let Job::Train { leaves, .. } = job {
+            // Worker i owns the units of the i-th contiguous sub-block of
+            // the leaves (for the whole step: its subtree slice).
+            // SAFETY: workers are parked.
+            let owned = unsafe { sh.owned.all_mut() };
+            let t = owned.len() - 1;
+            for (i, o) in owned.iter_mut().enumerate() {
+                let leaf = leaves.start + (i as u128 * leaves.len() as u128 / t as u128) as usize;
+                *o = sh.leaf_span_units(Span::of(leaves.start..leaf)).end;
+            }
+        }
+        // SAFETY: workers are parked.
+        let owned = unsafe { sh.owned.all() };
         for (i, c) in sh.cursors.iter().enumerate() {
-            c.store(sh.owned[i], Ordering::Relaxed);
+            c.store(owned[i], Ordering::Relaxed);
         }
         sh.eval_cursor.store(0, Ordering::Relaxed);
         sh.done.store(0, Ordering::Relaxed);
@@ -576,15 +785,25 @@ where
             self.poisoned = true;
             return Err(e);
         }
-        // SAFETY: workers are parked again.
-        let (losses, norms) = unsafe { (sh.unit_losses.all(), sh.seg_norms.all()) };
-        Ok(StepStats {
-            loss: ordered_mean(losses),
-            grad_norm: ordered_norm(norms) as f32,
-            retried_units: sh.retried.load(Ordering::Relaxed) as u32,
-            stolen_units: sh.stolen.load(Ordering::Relaxed) as u32,
-        })
+        Ok(())
     }
+}
+
+/// The units owned by the contiguous block of leaves `leaves` of `shape`
+/// when a step has `units` units (see [`Shape::leaf_units`]).
+pub fn leaf_block_units(shape: Shape, units: usize, leaves: Range<u32>) -> Range<usize> {
+    let first = |leaf: u32| {
+        if leaf >= shape.leaf_count() {
+            units
+        } else {
+            shape.leaf_units(leaf, units).start
+        }
+    };
+    if leaves.start >= leaves.end {
+        let u = first(leaves.start);
+        return u..u;
+    }
+    first(leaves.start)..first(leaves.end)
 }
 
 impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for Hierarchy<A, K> {
@@ -643,17 +862,47 @@ fn worker_main<A: Accumulator, K: Kernels<f32>>(sh: Arc<Shared<A, K>>, id: usize
         let outcome = match job {
             Job::Exit => return,
             Job::Idle => Ok(()),
-            Job::Train { step, update } => {
-                catch_unwind(AssertUnwindSafe(|| sh.train(id, step, update, &mut local)))
-                    .unwrap_or_else(|p| {
-                        Err(sh.fail(ExecError::WorkerPanicked {
-                            worker: id,
-                            unit: usize::MAX,
-                            attempts: 1,
-                            message: panic_message(&*p),
-                        }))
-                    })
-            }
+            Job::Train {
+                step,
+                update,
+                leaves,
+                partial,
+            } => catch_unwind(AssertUnwindSafe(|| {
+                sh.train(id, step, update, leaves, partial, &mut local)
+            }))
+            .unwrap_or_else(|p| {
+                Err(sh.fail(ExecError::WorkerPanicked {
+                    worker: id,
+                    unit: usize::MAX,
+                    attempts: 1,
+                    message: panic_message(&*p),
+                }))
+            }),
+            Job::Finish { segments } => catch_unwind(AssertUnwindSafe(|| sh.finish(id, segments)))
+                .unwrap_or_else(|p| {
+                    Err(sh.fail(ExecError::WorkerPanicked {
+                        worker: id,
+                        unit: usize::MAX,
+                        attempts: 1,
+                        message: panic_message(&*p),
+                    }))
+                }),
+            Job::Update {
+                segments,
+                grad_norm,
+                update,
+            } => catch_unwind(AssertUnwindSafe(|| {
+                let ids = (segments.start + id..segments.end).step_by(sh.cfg.threads);
+                sh.update_segments(ids, grad_norm, update)
+            }))
+            .unwrap_or_else(|p| {
+                Err(sh.fail(ExecError::WorkerPanicked {
+                    worker: id,
+                    unit: usize::MAX,
+                    attempts: 1,
+                    message: panic_message(&*p),
+                }))
+            }),
             Job::Eval => {
                 catch_unwind(AssertUnwindSafe(|| sh.eval(id, &mut local))).unwrap_or_else(|p| {
                     Err(sh.fail(ExecError::WorkerPanicked {
@@ -675,6 +924,14 @@ fn worker_main<A: Accumulator, K: Kernels<f32>>(sh: Arc<Shared<A, K>>, id: usize
 }
 
 impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
+    fn leaf_span_units(&self, leaves: Span) -> Span {
+        Span::of(leaf_block_units(
+            self.cfg.shape,
+            self.cfg.units,
+            leaves.start as u32..leaves.end as u32,
+        ))
+    }
+
     /// Record the first error and release everyone waiting at the barrier.
     fn fail(&self, e: ExecError) -> Stop {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
@@ -776,9 +1033,11 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
     /// Next unit for worker `id`: its own first, then other workers'.
     fn claim(&self, id: usize) -> Option<usize> {
         let t = self.cfg.threads;
+        // SAFETY: `owned` is only written while the workers are parked.
+        let owned = unsafe { self.owned.all() };
         for k in 0..t {
             let v = (id + k) % t;
-            let end = self.owned[v + 1];
+            let end = owned[v + 1];
             if self.cursors[v].load(Ordering::Relaxed) >= end {
                 continue;
             }
@@ -798,10 +1057,13 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         id: usize,
         step: u64,
         update: Option<UpdateSettings>,
+        leaves: Span,
+        partial: bool,
         local: &mut Local,
     ) -> Result<(), Stop> {
         let t = self.cfg.threads;
         let inv_units = 1.0 / self.cfg.units as f32;
+        let units = self.leaf_span_units(leaves);
         if A::ASSOCIATIVE {
             // SAFETY: accs[id] and slots[id] belong to worker id in this phase.
             let my_acc = unsafe { self.accs[id].all_mut() };
@@ -825,6 +1087,9 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                         .merge(dst, src)
                         .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
                 }
+                if partial {
+                    continue;
+                }
                 let g = unsafe { self.grads.get_mut(r.clone()) };
                 self.acc
                     .round(dst, g)
@@ -832,11 +1097,14 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 self.finish_segment(s, g, inv_units);
             }
         } else {
-            let mut plan = FoldPlan::new(self.cfg.shape, self.cfg.units, t)
+            // The block's units folded as if they were a whole step of this
+            // shape (for the whole step: the canonical fold).
+            let mut plan = FoldPlan::new(self.cfg.shape, units.len(), t)
                 .map_err(|e| self.fail(ExecError::Config(e.to_string())))?;
             while let Some(round) = plan.next_round() {
                 if let Some(buf) = round.unit_buffer(id) {
-                    self.run_unit(id, step, round.units().start + id, buf, local)?;
+                    let u = units.start + round.units().start + id;
+                    self.run_unit(id, step, u, buf, local)?;
                 }
                 self.wait()?;
                 for s in self.segments.owned(id, t) {
@@ -858,26 +1126,61 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 }
                 self.wait()?;
             }
-            let root = plan.root().expect("a step has at least one unit");
+            let root = plan.root();
             for s in self.segments.owned(id, t) {
                 let r = self.segments.range(s);
                 // SAFETY: segment s belongs to worker id.
-                let (g, x) = unsafe {
-                    (
-                        self.grads.get_mut(r.clone()),
-                        self.slots[root].get(r.clone()),
-                    )
-                };
-                g.copy_from_slice(x);
-                self.finish_segment(s, g, inv_units);
+                let g = unsafe { self.grads.get_mut(r.clone()) };
+                match root {
+                    // SAFETY: slots are only read in this phase.
+                    Some(root) => g.copy_from_slice(unsafe { self.slots[root].get(r.clone()) }),
+                    // Only a partial block can be empty: its sum is zero.
+                    None => g.fill(0.0),
+                }
+                if !partial {
+                    self.finish_segment(s, g, inv_units);
+                }
             }
         }
         self.wait()?;
+        if partial {
+            return Ok(());
+        }
         let Some(up) = update else { return Ok(()) };
         // Every worker sums the same partials in the same order.
         let norm = ordered_norm(unsafe { self.seg_norms.all() });
+        self.update_segments(self.segments.owned(id, t), norm, up)
+    }
+
+    /// Round (associative accumulators) and scale the reduced sums of the
+    /// segments of `segments` this worker owns, recording their norms.
+    fn finish(&self, id: usize, segments: Span) -> Result<(), Stop> {
+        let inv_units = 1.0 / self.cfg.units as f32;
+        for s in (segments.start + id..segments.end).step_by(self.cfg.threads) {
+            let r = self.segments.range(s);
+            // SAFETY: segment s belongs to worker id in this job.
+            let g = unsafe { self.grads.get_mut(r.clone()) };
+            if A::ASSOCIATIVE {
+                let cells = unsafe { self.accs[0].get(r.clone()) };
+                self.acc
+                    .round(cells, g)
+                    .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
+            }
+            self.finish_segment(s, g, inv_units);
+        }
+        Ok(())
+    }
+
+    /// Apply the optimizer to segments `ids` (owned by this worker), with
+    /// the clipping factor of global norm `norm`.
+    fn update_segments(
+        &self,
+        ids: impl Iterator<Item = usize>,
+        norm: f64,
+        up: UpdateSettings,
+    ) -> Result<(), Stop> {
         let scale = optim::clip_scale(norm, up.grad_clip);
-        for s in self.segments.owned(id, t) {
+        for s in ids {
             let r = self.segments.range(s);
             // SAFETY: worker id alone updates segment s (params, m, v).
             let (p, g, m, v) = unsafe {

@@ -1,0 +1,519 @@
+//! One training step of the sphere hierarchy spread over MPI ranks.
+//!
+//! Each rank runs a [`Hierarchy`] over the whole model but computes only the
+//! units of its block of leaves ([`RankLayout::leaves`]). Then:
+//!
+//! * [`Reduction::ScatterGather`] (default): the partial sums are
+//!   reduce-scattered by segment block, each rank finishes and updates the
+//!   segments it owns (the optimizer state is sharded: a rank only keeps the
+//!   moments of its own segments current), the per-segment norms are
+//!   all-gathered so every rank clips with the same global norm, and the
+//!   updated parameters are all-gathered.
+//! * [`Reduction::AllReduce`]: the partial sums are all-reduced and every
+//!   rank finishes and updates the whole vector (replicated optimizer state).
+//!
+//! Fixed and exact accumulators cross ranks as integers ([`crate::wire`]),
+//! so the result is bit-identical to `Hierarchy::train_step` in one process
+//! for every rank count, thread count and reduction. f32 partial sums are
+//! combined in rank order by the segment owner: the bits are a function of
+//! (shape, units, ranks), independent of threads and of the reduction, and
+//! equal to the single-process result for one rank.
+
+use std::fmt;
+use std::time::Instant;
+
+use cllm_core::accumulate::{AccError, Accumulator, ExactAcc, ExactCell, F32Acc, FixedAcc};
+use cllm_core::kernels::Kernels;
+use cllm_std::exec::{ExecError, Hierarchy, UpdateSettings};
+
+use crate::layout::RankLayout;
+use crate::net::{CountOverflow, Net};
+use crate::wire::{ExactWindow, FixedWire};
+
+/// How gradients meet across ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduction {
+    /// Reduce-scatter by segment, sharded update, all-gather of parameters.
+    ScatterGather,
+    /// All-reduce of the gradient, replicated update.
+    AllReduce,
+}
+
+impl Reduction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduction::ScatterGather => "scatter-gather",
+            Reduction::AllReduce => "allreduce",
+        }
+    }
+}
+
+/// Why a distributed step failed. Any of these leaves the ranks out of step,
+/// so the caller ends the job ([`Net::abort`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DistError {
+    Exec(ExecError),
+    /// The cross-rank sum left the accumulator's range (element index).
+    Accumulate(AccError),
+    Count(CountOverflow),
+}
+
+impl fmt::Display for DistError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DistError::Exec(e) => write!(f, "{e}"),
+            DistError::Accumulate(e) => write!(f, "cross-rank gradient reduction failed: {e}"),
+            DistError::Count(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for DistError {}
+
+impl From<ExecError> for DistError {
+    fn from(e: ExecError) -> Self {
+        DistError::Exec(e)
+    }
+}
+
+impl From<CountOverflow> for DistError {
+    fn from(e: CountOverflow) -> Self {
+        DistError::Count(e)
+    }
+}
+
+/// Reusable buffers of the reduction (allocated once, grown as needed).
+#[derive(Default)]
+pub struct Scratch {
+    send: Vec<i64>,
+    recv: Vec<i64>,
+    send_f32: Vec<f32>,
+    recv_f32: Vec<f32>,
+    norms: Vec<f64>,
+    losses: Vec<f32>,
+    params: Vec<f32>,
+}
+
+fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
+/// An accumulator whose partial sums can be combined across ranks.
+pub trait CrossRank: Accumulator + Send + Sized + 'static
+where
+    Self::Cell: 'static,
+{
+    /// After every rank's `compute_partial`: make this rank's merged cells
+    /// (f32: gradient buffer) hold the sum over all ranks for the elements of
+    /// its owned segments (`ScatterGather`) or for all elements
+    /// (`AllReduce`). Returns the bytes per element that crossed (the
+    /// agreed wire width).
+    fn cross_reduce<K: Kernels<f32> + Send + 'static>(
+        h: &mut Hierarchy<Self, K>,
+        net: &mut Net,
+        layout: &RankLayout,
+        mode: Reduction,
+        scratch: &mut Scratch,
+    ) -> Result<usize, DistError>;
+}
+
+/// Integer cells with a lane encoding agreed per step.
+trait IntWire: Accumulator {
+    type Wire: Copy + Send + Sync;
+    fn need(cells: &[Self::Cell]) -> [i64; 2];
+    fn agree(max_need: [i64; 2], ranks: usize) -> Self::Wire;
+    fn lanes(w: Self::Wire) -> usize;
+    fn encode(w: Self::Wire, cells: &[Self::Cell], out: &mut [i64]);
+    fn decode(w: Self::Wire, lanes: &[i64], out: &mut [Self::Cell]) -> Result<(), AccError>;
+}
+
+impl IntWire for ExactAcc {
+    type Wire = ExactWindow;
+    fn need(cells: &[ExactCell]) -> [i64; 2] {
+        ExactWindow::need(cells)
+    }
+    fn agree(max_need: [i64; 2], _ranks: usize) -> ExactWindow {
+        ExactWindow::agree(max_need)
+    }
+    fn lanes(w: ExactWindow) -> usize {
+        w.lanes()
+    }
+    fn encode(w: ExactWindow, cells: &[ExactCell], out: &mut [i64]) {
+        w.encode(cells, out)
+    }
+    fn decode(w: ExactWindow, lanes: &[i64], out: &mut [ExactCell]) -> Result<(), AccError> {
+        w.decode(lanes, out)
+    }
+}
+
+impl IntWire for FixedAcc {
+    type Wire = FixedWire;
+    fn need(cells: &[i64]) -> [i64; 2] {
+        [FixedWire::need(cells), 0]
+    }
+    fn agree(max_need: [i64; 2], ranks: usize) -> FixedWire {
+        FixedWire::agree(max_need[0], ranks)
+    }
+    fn lanes(w: FixedWire) -> usize {
+        w.lanes()
+    }
+    fn encode(w: FixedWire, cells: &[i64], out: &mut [i64]) {
+        w.encode(cells, out)
+    }
+    fn decode(w: FixedWire, lanes: &[i64], out: &mut [i64]) -> Result<(), AccError> {
+        w.decode(lanes, out)
+    }
+}
+
+/// Below this many cells per thread, spawning costs more than it saves.
+const PAR_MIN_CELLS: usize = 1 << 15;
+
+/// Contiguous chunks of `n` items for up to `threads` threads.
+fn chunk_len(n: usize, threads: usize) -> usize {
+    let t = threads.min(n / PAR_MIN_CELLS).max(1);
+    n.div_ceil(t).max(1)
+}
+
+/// [`IntWire::need`] over the cells, on up to `threads` threads (the
+/// executor's workers are parked meanwhile, so their cores are free).
+fn par_need<A: IntWire>(cells: &[A::Cell], threads: usize) -> [i64; 2] {
+    let c = chunk_len(cells.len(), threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = cells
+            .chunks(c)
+            .map(|ch| s.spawn(move || A::need(ch)))
+            .collect();
+        parts.into_iter().fold([0, 0], |m, p| {
+            let p = p.join().expect("need() does not panic");
+            [m[0].max(p[0]), m[1].max(p[1])]
+        })
+    })
+}
+
+fn par_encode<A: IntWire>(w: A::Wire, cells: &[A::Cell], out: &mut [i64], threads: usize) {
+    let lanes = A::lanes(w);
+    let c = chunk_len(cells.len(), threads);
+    std::thread::scope(|s| {
+        for (ch, o) in cells.chunks(c).zip(out.chunks_mut(c * lanes)) {
+            s.spawn(move || A::encode(w, ch, o));
+        }
+    })
+}
+
+fn par_decode<A: IntWire>(
+    w: A::Wire,
+    lanes: &[i64],
+    out: &mut [A::Cell],
+    threads: usize,
+) -> Result<(), AccError> {
+    let n = A::lanes(w);
+    let c = chunk_len(out.len(), threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = out
+            .chunks_mut(c)
+            .zip(lanes.chunks(c * n))
+            .enumerate()
+            .map(|(k, (o, l))| s.spawn(move || A::decode(w, l, o).map_err(|e| e.offset(k * c))))
+            .collect();
+        // The first failing chunk has the lowest failing index.
+        parts
+            .into_iter()
+            .map(|p| p.join().expect("decode() does not panic"))
+            .collect::<Result<Vec<()>, AccError>>()
+            .map(|_| ())
+    })
+}
+
+fn int_cross_reduce<A: IntWire + Send + 'static, K: Kernels<f32> + Send + 'static>(
+    h: &mut Hierarchy<A, K>,
+    net: &mut Net,
+    layout: &RankLayout,
+    mode: Reduction,
+    sc: &mut Scratch,
+) -> Result<usize, DistError>
+where
+    A::Cell: 'static,
+{
+    let ranks = net.size();
+    if ranks == 1 {
+        // The merged cells already are the total.
+        return Ok(0);
+    }
+    let threads = h.config().threads;
+    // One tiny MAX-reduction fixes the lanes every rank uses this step.
+    let need = par_need::<A>(h.merged_cells(), threads);
+    let max = net.max_i64(&need);
+    let wire = A::agree([max[0], max[1]], ranks);
+    let lanes = A::lanes(wire);
+    match mode {
+        Reduction::AllReduce => {
+            let n = h.merged_cells().len() * lanes;
+            par_encode::<A>(wire, h.merged_cells(), sized(&mut sc.send, n), threads);
+            net.sum_all_i64(&sc.send[..n], sized(&mut sc.recv, n))?;
+            par_decode::<A>(wire, &sc.recv[..n], h.merged_cells_mut(), threads)
+                .map_err(DistError::Accumulate)?;
+        }
+        Reduction::ScatterGather => {
+            // Owned blocks are contiguous and in rank order, so the lanes
+            // of all cells in parameter order are the send buffer.
+            let n = h.merged_cells().len() * lanes;
+            par_encode::<A>(wire, h.merged_cells(), sized(&mut sc.send, n), threads);
+            let mine = layout.owned_elements(net.rank());
+            let lens = (0..ranks).map(|r| layout.owned_elements(r).len() * lanes);
+            net.sum_scatter_i64(&sc.send[..n], lens, sized(&mut sc.recv, mine.len() * lanes))?;
+            let got = &sc.recv[..mine.len() * lanes];
+            par_decode::<A>(wire, got, &mut h.merged_cells_mut()[mine.clone()], threads)
+                .map_err(|e| DistError::Accumulate(e.offset(mine.start)))?;
+        }
+    }
+    Ok(8 * lanes)
+}
+
+impl CrossRank for ExactAcc {
+    fn cross_reduce<K: Kernels<f32> + Send + 'static>(
+        h: &mut Hierarchy<Self, K>,
+        net: &mut Net,
+        layout: &RankLayout,
+        mode: Reduction,
+        scratch: &mut Scratch,
+    ) -> Result<usize, DistError> {
+        int_cross_reduce(h, net, layout, mode, scratch)
+    }
+}
+
+impl CrossRank for FixedAcc {
+    fn cross_reduce<K: Kernels<f32> + Send + 'static>(
+        h: &mut Hierarchy<Self, K>,
+        net: &mut Net,
+        layout: &RankLayout,
+        mode: Reduction,
+        scratch: &mut Scratch,
+    ) -> Result<usize, DistError> {
+        int_cross_reduce(h, net, layout, mode, scratch)
+    }
+}
+
+impl CrossRank for F32Acc {
+    /// Rounding depends on the order of additions, so MPI_SUM (any order)
+    /// is not used: each owner receives every rank's partial sum of its
+    /// block (all-to-all) and adds them in rank order, skipping ranks
+    /// without units (as the canonical fold skips empty children).
+    fn cross_reduce<K: Kernels<f32> + Send + 'static>(
+        h: &mut Hierarchy<Self, K>,
+        net: &mut Net,
+        layout: &RankLayout,
+        mode: Reduction,
+        sc: &mut Scratch,
+    ) -> Result<usize, DistError> {
+        let ranks = net.size();
+        if ranks == 1 {
+            return Ok(0);
+        }
+        let slot = layout.max_block();
+        let send = sized(&mut sc.send_f32, slot * ranks);
+        for r in 0..ranks {
+            let e = layout.owned_elements(r);
+            let s = &mut send[r * slot..(r + 1) * slot];
+            s[..e.len()].copy_from_slice(&h.gradients()[e.clone()]);
+            s[e.len()..].fill(0.0);
+        }
+        net.all_to_all(
+            &sc.send_f32[..slot * ranks],
+            sized(&mut sc.recv_f32, slot * ranks),
+        )?;
+        let mine = layout.owned_elements(net.rank());
+        let out = &mut h.gradients_mut()[mine.clone()];
+        let mut first = true;
+        for q in (0..ranks).filter(|&q| !layout.units(q).is_empty()) {
+            let part = &sc.recv_f32[q * slot..q * slot + mine.len()];
+            if first {
+                out.copy_from_slice(part);
+                first = false;
+            } else {
+                F32Acc
+                    .merge(out, part)
+                    .map_err(|e| DistError::Accumulate(e.offset(mine.start)))?;
+            }
+        }
+        if mode == Reduction::AllReduce {
+            let own = sized(&mut sc.send_f32, mine.len());
+            own.copy_from_slice(&h.gradients()[mine.clone()]);
+            let lens = (0..ranks).map(|r| layout.owned_elements(r).len());
+            net.all_gather(&sc.send_f32[..mine.len()], lens, h.gradients_mut())?;
+        }
+        Ok(4)
+    }
+}
+
+/// What one distributed step measured (this rank's view).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DistStepStats {
+    /// Mean loss over all units of the step (summed in unit order: the same
+    /// figure as a single process).
+    pub loss: f32,
+    /// Global norm of the mean gradient before clipping.
+    pub grad_norm: f32,
+    /// Seconds computing this rank's units.
+    pub compute_s: f64,
+    /// Seconds waiting for the slowest rank (only measured apart with
+    /// [`Net::sync_timing`]; otherwise it is part of `reduce_s`).
+    pub wait_s: f64,
+    /// Seconds reducing gradients across ranks (encode, collective, decode).
+    pub reduce_s: f64,
+    /// Seconds finishing, updating and exchanging parameters.
+    pub update_s: f64,
+    /// Bytes this rank's collectives sent.
+    pub bytes: u64,
+    /// Bytes per gradient element in the reduction (8 × integer lanes, or 4
+    /// for f32; 0 on one rank, where nothing crosses).
+    pub wire_bytes: usize,
+}
+
+/// One optimizer step across all ranks. Every rank must call it with the
+/// same arguments. After it returns, every rank holds the same parameters;
+/// with [`Reduction::ScatterGather`] a rank's optimizer state is current only
+/// on its own segments ([`gather_optimizer_state`] assembles it).
+pub fn train_step<A: CrossRank + Send + 'static, K: Kernels<f32> + Send + 'static>(
+    h: &mut Hierarchy<A, K>,
+    net: &mut Net,
+    layout: &RankLayout,
+    mode: Reduction,
+    step: u64,
+    update: UpdateSettings,
+    sc: &mut Scratch,
+) -> Result<DistStepStats, DistError>
+where
+    A::Cell: 'static,
+{
+    let (rank, ranks) = (net.rank(), net.size());
+    let bytes0 = net.stats.bytes;
+    let t0 = Instant::now();
+    h.compute_partial(step, layout.leaves(rank))?;
+    let tc = Instant::now();
+    if net.sync_timing {
+        net.barrier();
+    }
+    let t1 = Instant::now();
+
+    let wire_bytes = A::cross_reduce(h, net, layout, mode, sc)?;
+    // Unit losses, in unit order, for the same mean as one process.
+    let units = layout.units(rank);
+    let n_units = layout.units(ranks - 1).end;
+    let own = &h.unit_losses()[units.clone()];
+    let lens = (0..ranks).map(|r| layout.units(r).len());
+    net.all_gather(own, lens, sized(&mut sc.losses, n_units))?;
+    let loss =
+        (sc.losses[..n_units].iter().map(|&x| x as f64).sum::<f64>() / n_units as f64) as f32;
+    let t2 = Instant::now();
+
+    let segs = match mode {
+        Reduction::ScatterGather => layout.owned_segments(rank),
+        Reduction::AllReduce => 0..layout.segments().count(),
+    };
+    let local = h.finish_gradients(segs.clone())?;
+    let norms = sized(&mut sc.norms, layout.segments().count());
+    let norm = match mode {
+        Reduction::AllReduce => local.iter().sum::<f64>().sqrt(),
+        Reduction::ScatterGather => {
+            let local = local.to_vec();
+            let lens = (0..ranks).map(|r| layout.owned_segments(r).len());
+            net.all_gather(&local, lens, norms)?;
+            // Summed in segment order, as the single-process executor does.
+            norms.iter().sum::<f64>().sqrt()
+        }
+    };
+    h.apply_update(segs, norm, update)?;
+    if mode == Reduction::ScatterGather {
+        let mine = layout.owned_elements(rank);
+        let own = sized(&mut sc.params, mine.len());
+        own.copy_from_slice(&h.params()[mine.clone()]);
+        let lens = (0..ranks).map(|r| layout.owned_elements(r).len());
+        net.all_gather(&sc.params[..mine.len()], lens, h.params_mut())?;
+    }
+    let t3 = Instant::now();
+    Ok(DistStepStats {
+        loss,
+        grad_norm: norm as f32,
+        compute_s: (tc - t0).as_secs_f64(),
+        wait_s: (t1 - tc).as_secs_f64(),
+        reduce_s: (t2 - t1).as_secs_f64(),
+        update_s: (t3 - t2).as_secs_f64(),
+        bytes: net.stats.bytes - bytes0,
+        wire_bytes,
+    })
+}
+
+/// AdamW's first and second moments over the whole parameter vector.
+pub type Moments = (Vec<f32>, Vec<f32>);
+
+/// Assemble the full optimizer state (`m`, `v`) on rank 0 from the segment
+/// owners (after [`Reduction::ScatterGather`] steps). Collective; returns
+/// `Some` on rank 0 only.
+pub fn gather_optimizer_state<A, K>(
+    h: &Hierarchy<A, K>,
+    net: &mut Net,
+    layout: &RankLayout,
+    mode: Reduction,
+) -> Result<Option<Moments>, DistError>
+where
+    A: Accumulator + Send + 'static,
+    A::Cell: 'static,
+    K: Kernels<f32> + Send + 'static,
+{
+    let (m, v) = h.optimizer_state();
+    if mode == Reduction::AllReduce || net.size() == 1 {
+        // Replicated: rank 0's copy is complete.
+        return Ok((net.rank() == 0).then(|| (m.to_vec(), v.to_vec())));
+    }
+    let mine = layout.owned_elements(net.rank());
+    let ranks = net.size();
+    let lens = || (0..ranks).map(|r| layout.owned_elements(r).len());
+    let (mut gm, mut gv) = if net.rank() == 0 {
+        (vec![0.0f32; m.len()], vec![0.0f32; v.len()])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    net.gather_root(&m[mine.clone()], lens(), &mut gm)?;
+    net.gather_root(&v[mine], lens(), &mut gv)?;
+    Ok((net.rank() == 0).then_some((gm, gv)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The threaded wire helpers give the single-threaded results, errors
+    /// included (with whole-buffer indices).
+    #[test]
+    fn parallel_wire_matches_serial() {
+        let n = 3 * PAR_MIN_CELLS + 17;
+        let mut cells = vec![ExactCell::ZERO; n];
+        let xs: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2001) as f32 * 1e-4 - 0.1)
+            .collect();
+        ExactAcc.add(&mut cells, &xs).unwrap();
+        for threads in [1, 2, 3, 8] {
+            let need = par_need::<ExactAcc>(&cells, threads);
+            assert_eq!(need, ExactWindow::need(&cells));
+            let w = ExactWindow::agree(need);
+            let mut serial = vec![0i64; n * w.lanes()];
+            w.encode(&cells, &mut serial);
+            let mut lanes = vec![0i64; n * w.lanes()];
+            par_encode::<ExactAcc>(w, &cells, &mut lanes, threads);
+            assert_eq!(lanes, serial);
+            let mut out = vec![ExactCell::ZERO; n];
+            par_decode::<ExactAcc>(w, &lanes, &mut out, threads).unwrap();
+            assert_eq!(out, cells);
+        }
+        let fixed: Vec<i64> = (0..n as i64).map(|i| i - 5).collect();
+        let mut lanes = vec![0i64; 2 * n];
+        par_encode::<FixedAcc>(FixedWire::Split, &fixed, &mut lanes, 3);
+        lanes[2 * (n - 2) + 1] = i64::MAX; // total out of i64 at n - 2
+        let mut out = vec![0i64; n];
+        let e = par_decode::<FixedAcc>(FixedWire::Split, &lanes, &mut out, 3).unwrap_err();
+        assert_eq!(e.index, n - 2);
+    }
+}

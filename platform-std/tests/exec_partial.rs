@@ -1,0 +1,320 @@
+//! The hooks for executors that span processes: a step split into blocks of
+//! leaves computed by separate hierarchies (stand-ins for MPI ranks), their
+//! sums combined outside, finished and applied segment range by segment
+//! range, must reproduce `train_step` bit for bit for associative
+//! accumulators; for f32 each block is the canonical fold of its units.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
+use cllm_core::kernels::Portable;
+use cllm_core::model::{self, GptConfig};
+use cllm_core::optim::AdamW;
+use cllm_core::reduce::{reduce_sequential, sequential_cell_len, sequential_f32_len};
+use cllm_core::tree::Shape;
+use cllm_std::exec::{
+    leaf_block_units, ExecConfig, ExecError, Hierarchy, Optimizer, UnitSource, UpdateSettings,
+};
+
+/// Large enough for several segments (SEGMENT_LEN = 4096).
+const MODEL: GptConfig = GptConfig {
+    vocab_size: 13,
+    n_positions: 8,
+    n_embd: 32,
+    n_layer: 1,
+    n_head: 2,
+};
+const SEQ: usize = 6;
+const MB: usize = 1;
+
+struct Hashed;
+
+fn token(step: u64, unit: usize, i: usize) -> u32 {
+    let mut z = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (unit as u64) << 20 ^ i as u64;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % MODEL.vocab_size as u64) as u32
+}
+
+impl UnitSource for Hashed {
+    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
+        for i in 0..tokens.len() {
+            tokens[i] = token(step, unit, i);
+            targets[i] = token(step, unit, i + 1);
+        }
+    }
+}
+
+fn params() -> Vec<f32> {
+    let mut p = vec![0.0; MODEL.num_params()];
+    model::init_params(&MODEL, &mut p, 7).unwrap();
+    for (i, x) in p.iter_mut().enumerate() {
+        *x += ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
+    }
+    p
+}
+
+fn cfg(shape: Shape, threads: usize, units: usize) -> ExecConfig {
+    ExecConfig {
+        shape,
+        threads,
+        units,
+        micro_batch: MB,
+        seq_len: SEQ,
+        pin_threads: false,
+        max_retries: 1,
+    }
+}
+
+fn hierarchy<A: Accumulator + Send + 'static>(
+    acc: A,
+    c: ExecConfig,
+    p: Vec<f32>,
+) -> Hierarchy<A, Portable>
+where
+    A::Cell: 'static,
+{
+    Hierarchy::new(MODEL, p, acc, Portable, Arc::new(Hashed), c).unwrap()
+}
+
+fn update(t: u64) -> UpdateSettings {
+    UpdateSettings {
+        optimizer: Optimizer::AdamW(AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }),
+        lr: 1e-2,
+        grad_clip: 0.5,
+        t,
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Contiguous blocks of the leaves, as ranks get them.
+fn blocks(leaves: u32, n: u32) -> Vec<Range<u32>> {
+    (0..n)
+        .map(|r| r * leaves / n..(r + 1) * leaves / n)
+        .collect()
+}
+
+/// Train `steps` steps with the step split over `ranks` simulated ranks
+/// (each with its own hierarchy and thread count), the optimizer sharded by
+/// contiguous segment blocks; returns (params, m, v, losses).
+fn split_run<A: Accumulator + Send + Clone + 'static>(
+    acc: &A,
+    shape: Shape,
+    units: usize,
+    ranks: u32,
+    steps: u64,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>)
+where
+    A::Cell: Clone + 'static,
+{
+    let mut hs: Vec<_> = (0..ranks)
+        .map(|r| hierarchy(acc.clone(), cfg(shape, 1 + r as usize % 3, units), params()))
+        .collect();
+    let leaf_blocks = blocks(shape.leaf_count(), ranks);
+    let nseg = hs[0].segments().count();
+    let seg_blocks: Vec<Range<usize>> = (0..ranks as usize)
+        .map(|r| r * nseg / ranks as usize..(r + 1) * nseg / ranks as usize)
+        .collect();
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        let mut unit_losses = vec![0.0f32; units];
+        for (h, leaves) in hs.iter_mut().zip(&leaf_blocks) {
+            h.compute_partial(step, leaves.clone()).unwrap();
+            let us = h.leaf_units(leaves.clone());
+            unit_losses[us.clone()].copy_from_slice(&h.unit_losses()[us]);
+        }
+        // The "all-reduce": merge every rank's cells in reverse order (any
+        // order gives the same bits).
+        let mut total: Vec<A::Cell> = hs[0].merged_cells().to_vec();
+        acc.zero(&mut total);
+        for h in hs.iter().rev() {
+            acc.merge(&mut total, h.merged_cells()).unwrap();
+        }
+        let mut norms = vec![0.0f64; nseg];
+        for (h, segs) in hs.iter_mut().zip(&seg_blocks) {
+            // range(nseg) is the empty range at the end of the buffer.
+            let r = h.segments().range(segs.start).start..h.segments().range(segs.end).start;
+            h.merged_cells_mut()[r.clone()].clone_from_slice(&total[r]);
+            let n = h.finish_gradients(segs.clone()).unwrap();
+            norms[segs.clone()].copy_from_slice(n);
+        }
+        let norm = norms.iter().sum::<f64>().sqrt();
+        let mut new_params = vec![0.0f32; MODEL.num_params()];
+        for (h, segs) in hs.iter_mut().zip(&seg_blocks) {
+            h.apply_update(segs.clone(), norm, update(step + 1))
+                .unwrap();
+            for s in segs.clone() {
+                let r = h.segments().range(s);
+                new_params[r.clone()].copy_from_slice(&h.params()[r]);
+            }
+        }
+        for h in &mut hs {
+            h.params_mut().copy_from_slice(&new_params);
+        }
+        let mean = unit_losses.iter().map(|&x| x as f64).sum::<f64>() / units as f64;
+        losses.push((mean as f32).to_bits());
+    }
+    // Gather the optimizer shards.
+    let (mut m, mut v) = (
+        vec![0.0f32; MODEL.num_params()],
+        vec![0.0f32; MODEL.num_params()],
+    );
+    for (h, segs) in hs.iter().zip(&seg_blocks) {
+        for s in segs.clone() {
+            let r = hs[0].segments().range(s);
+            m[r.clone()].copy_from_slice(&h.optimizer_state().0[r.clone()]);
+            v[r.clone()].copy_from_slice(&h.optimizer_state().1[r]);
+        }
+    }
+    (bits(hs[0].params()), bits(&m), bits(&v), losses)
+}
+
+fn whole_run<A: Accumulator + Send + Clone + 'static>(
+    acc: &A,
+    shape: Shape,
+    units: usize,
+    steps: u64,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>)
+where
+    A::Cell: 'static,
+{
+    let mut h = hierarchy(acc.clone(), cfg(shape, 2, units), params());
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        losses.push(h.train_step(step, update(step + 1)).unwrap().loss.to_bits());
+    }
+    let (m, v) = h.optimizer_state();
+    (bits(h.params()), bits(m), bits(v), losses)
+}
+
+#[test]
+fn model_has_several_segments() {
+    let h = hierarchy(
+        FixedAcc::default(),
+        cfg(Shape::new(1, 4).unwrap(), 1, 4),
+        params(),
+    );
+    assert!(h.segments().count() >= 4, "{}", h.segments().count());
+}
+
+#[test]
+fn exact_split_over_ranks_matches_one_hierarchy() {
+    for (shape, units) in [
+        (Shape::new(1, 12).unwrap(), 12),
+        (Shape::new(2, 3).unwrap(), 7),
+    ] {
+        let one = whole_run(&ExactAcc, shape, units, 3);
+        for ranks in [1, 2, 3, 4] {
+            assert!(
+                split_run(&ExactAcc, shape, units, ranks, 3) == one,
+                "{shape:?} units {units} ranks {ranks}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fixed_split_over_ranks_matches_one_hierarchy() {
+    let shape = Shape::new(2, 2).unwrap();
+    let one = whole_run(&FixedAcc::default(), shape, 6, 3);
+    for ranks in [2, 4, 5] {
+        assert!(split_run(&FixedAcc::default(), shape, 6, ranks, 3) == one);
+    }
+}
+
+#[test]
+fn full_partial_then_finish_equals_compute_gradients() {
+    let shape = Shape::new(2, 3).unwrap();
+    for threads in [1, 2, 4] {
+        let mut a = hierarchy(F32Acc, cfg(shape, threads, 11), params());
+        let mut b = hierarchy(F32Acc, cfg(shape, 1, 11), params());
+        a.compute_gradients(5).unwrap();
+        b.compute_partial(5, 0..shape.leaf_count()).unwrap();
+        let n = b.segments().count();
+        b.finish_gradients(0..n).unwrap();
+        assert_eq!(
+            bits(a.gradients()),
+            bits(b.gradients()),
+            "threads {threads}"
+        );
+    }
+}
+
+/// f32: a block's sum is the canonical fold of its units over the same
+/// shape, whatever the thread count.
+#[test]
+fn f32_block_is_the_fold_of_its_units() {
+    let shape = Shape::new(1, 4).unwrap();
+    let units = 10;
+    let p = params();
+    for leaves in [0..2, 2..4, 1..3, 3..3] {
+        let us = leaf_block_units(shape, units, leaves.clone());
+        let n = p.len();
+        let mut bufs = vec![0.0f32; sequential_f32_len::<F32Acc>(shape.depth(), n)];
+        let mut cells = vec![0.0f32; sequential_cell_len::<F32Acc>(n)];
+        let mut want = vec![0.0f32; n];
+        let mut work = vec![0.0f32; MODEL.activation_len(MB, SEQ)];
+        let (mut tok, mut tgt) = (vec![0u32; MB * SEQ], vec![0u32; MB * SEQ]);
+        if !us.is_empty() {
+            reduce_sequential(
+                &F32Acc,
+                shape,
+                us.len(),
+                &mut bufs,
+                &mut cells,
+                &mut want,
+                |u, g| {
+                    Hashed.fill_train(3, us.start + u, &mut tok, &mut tgt);
+                    model::forward(&Portable, &MODEL, &p, &mut work, &tok, Some(&tgt), MB, SEQ)
+                        .unwrap();
+                    model::backward(&Portable, &MODEL, &p, g, &mut work, &tok, &tgt, MB, SEQ)
+                        .unwrap();
+                },
+            )
+            .unwrap();
+        }
+        for threads in [1, 3] {
+            let mut h = hierarchy(F32Acc, cfg(shape, threads, units), p.clone());
+            let s = h.compute_partial(3, leaves.clone()).unwrap();
+            assert_eq!(
+                bits(h.gradients()),
+                bits(&want),
+                "{leaves:?} threads {threads}"
+            );
+            assert_eq!(s.grad_norm, 0.0);
+            assert_eq!(bits(h.params()), bits(&p), "parameters untouched");
+        }
+    }
+}
+
+#[test]
+fn ranges_outside_the_tree_are_errors() {
+    let shape = Shape::new(1, 4).unwrap();
+    let mut h = hierarchy(ExactAcc, cfg(shape, 2, 4), params());
+    assert!(matches!(
+        h.compute_partial(0, 2..5),
+        Err(ExecError::Config(_))
+    ));
+    let n = h.segments().count();
+    assert!(matches!(
+        h.finish_gradients(0..n + 1),
+        Err(ExecError::Config(_))
+    ));
+    assert!(matches!(
+        h.apply_update(n..n + 1, 0.0, update(1)),
+        Err(ExecError::Config(_))
+    ));
+    // Rejected arguments do not poison the hierarchy.
+    h.compute_partial(0, 1..3).unwrap();
+    assert_eq!(h.merged_cells().len(), MODEL.num_params());
+}

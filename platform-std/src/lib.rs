@@ -11,3 +11,4 @@ pub mod fsutil;
 pub mod metrics;
 pub mod plot;
 pub mod tokenizer;
+pub mod trainer;

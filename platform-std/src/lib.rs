@@ -12,3 +12,4 @@ pub mod kernels;
 pub mod metrics;
 pub mod plot;
 pub mod tokenizer;
+pub mod trainer;

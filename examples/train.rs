@@ -1,0 +1,428 @@
+//! `cargo run --release --example train -- [DATA] [flags]`: train a GPT on a
+//! text file or directory (default: this repository's own text files).
+//!
+//! A thin shell over `cllm_std::trainer`: parse flags, report progress, map
+//! errors to one line on stderr and exit code 1.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cllm_core::kernels::Kernels;
+use cllm_std::exec::FailureInjection;
+use cllm_std::metrics::MetricsRecord;
+use cllm_std::trainer::{
+    self, defaults as d, AccumulatorKind, Depth, KernelSelection, KernelTask, Observer,
+    OptimizerKind, RunConfig, SampleSettings, StepEvent, TokenizerChoice, TrainOptions,
+};
+
+/// A `--flag` whose values are the spellings of a library enum.
+macro_rules! choice {
+    ($t:ty) => {
+        PossibleValuesParser::new(<$t>::ALL.iter().map(|v| v.name()))
+            .map(|s| s.parse::<$t>().expect("checked by the possible values"))
+    };
+}
+
+/// Train a small GPT on the recursive sphere hierarchy.
+///
+/// DATA is a text file or a directory (read recursively; hidden, binary and
+/// over-large files are skipped). Without DATA the trainer uses this
+/// repository's own text files for a few minutes and prints a sample.
+/// Checkpoints go to DIR/checkpoint-STEP/ (Hugging Face layout), the final
+/// model to DIR itself; --resume DIR continues a run exactly.
+#[derive(Parser, Debug)]
+#[command(name = "train", version, about, long_about = None, args_override_self = true)]
+struct Args {
+    /// Text file or directory to train on [default: this repository's text files]
+    data: Option<PathBuf>,
+
+    /// Tokenizer: byte (256 ids, lossless), char (characters of the data), word (lowercased words + specials)
+    #[arg(long, default_value = "byte", value_parser = choice!(TokenizerChoice))]
+    tokenizer: TokenizerChoice,
+    /// Vocabulary cap of the word tokenizer (byte and char ignore it)
+    #[arg(long, default_value_t = d::VOCAB_SIZE)]
+    vocab_size: usize,
+    /// Files found in a directory larger than this many bytes are skipped
+    #[arg(long, default_value_t = d::MAX_FILE_BYTES)]
+    max_file_bytes: u64,
+    /// Fraction of the tokens held out for validation (0 = no validation)
+    #[arg(long, default_value_t = d::VAL_FRACTION, allow_negative_numbers = true)]
+    val_fraction: f64,
+
+    /// Width of the residual stream (n_embd)
+    #[arg(long, default_value_t = d::EMBED_DIM)]
+    embed_dim: usize,
+    /// Transformer blocks (n_layer)
+    #[arg(long, default_value_t = d::NUM_LAYERS)]
+    num_layers: usize,
+    /// Attention heads per block (must divide --embed-dim)
+    #[arg(long, default_value_t = d::NUM_HEADS)]
+    num_heads: usize,
+    /// Model context, n_positions [default: --seq-len]
+    #[arg(long)]
+    context: Option<usize>,
+    /// Tokens per training sequence (at most --context)
+    #[arg(long, default_value_t = d::SEQ_LEN)]
+    seq_len: usize,
+    /// Sequences per optimizer step
+    #[arg(long, default_value_t = d::BATCH_SIZE)]
+    batch_size: usize,
+    /// Sequences per work unit (divides --batch-size; units per step = batch / micro-batch)
+    #[arg(long, default_value_t = d::MICRO_BATCH)]
+    micro_batch: usize,
+
+    /// Optimizer
+    #[arg(long, default_value = "adamw", value_parser = choice!(OptimizerKind))]
+    optimizer: OptimizerKind,
+    /// Peak learning rate: linear warmup to it, cosine decay to a tenth of it at the last step
+    #[arg(long, default_value_t = d::LEARNING_RATE, allow_negative_numbers = true)]
+    learning_rate: f64,
+    /// AdamW beta1
+    #[arg(long, default_value_t = d::BETA1, allow_negative_numbers = true)]
+    beta1: f64,
+    /// AdamW beta2
+    #[arg(long, default_value_t = d::BETA2, allow_negative_numbers = true)]
+    beta2: f64,
+    /// SGD momentum (0 = plain SGD)
+    #[arg(long, default_value_t = d::MOMENTUM, allow_negative_numbers = true)]
+    momentum: f64,
+    /// Weight decay on the 2-D weight matrices
+    #[arg(long, default_value_t = d::WEIGHT_DECAY, allow_negative_numbers = true)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 = off)
+    #[arg(long, default_value_t = d::GRAD_CLIP, allow_negative_numbers = true)]
+    grad_clip: f64,
+    /// Steps of linear learning-rate warmup
+    #[arg(long, default_value_t = d::WARMUP_STEPS)]
+    warmup_steps: u64,
+    /// Optimizer steps; 0 writes the initial model and exits (ignored when --epochs is given)
+    #[arg(long, default_value_t = d::STEPS)]
+    steps: u64,
+    /// Passes over the training tokens, converted to steps (alternative to --steps)
+    #[arg(long, allow_negative_numbers = true)]
+    epochs: Option<f64>,
+    /// Seed of the initialisation and the batch order
+    #[arg(long, default_value_t = d::SEED)]
+    seed: u64,
+
+    /// Worker threads [default: one per CPU]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Depth of the sphere tree, or "auto" (the smallest depth with a leaf per unit)
+    #[arg(long, default_value = "auto")]
+    recursive_depth: Depth,
+    /// Children per sphere, 1..=12
+    #[arg(long, default_value_t = d::BRANCHING)]
+    branching: u32,
+    /// Gradient accumulator: f32 (fast), fixed/exact/bigfloat (bitwise identical for any layout)
+    #[arg(long, default_value = "f32", value_parser = choice!(AccumulatorKind))]
+    accumulator: AccumulatorKind,
+    /// Significand bits of the bigfloat accumulator
+    #[arg(long, default_value_t = d::PRECISION)]
+    precision: u32,
+    /// Math kernels: auto (fastest for this CPU) or portable (bit-identical everywhere)
+    #[arg(long, default_value = "auto", value_parser = choice!(KernelSelection))]
+    kernels: KernelSelection,
+
+    /// Evaluate the validation loss every N steps (0 = only at the end)
+    #[arg(long, default_value_t = d::EVAL_EVERY)]
+    eval_every: u64,
+    /// Validation windows (sequences) per evaluation
+    #[arg(long, default_value_t = d::EVAL_WINDOWS)]
+    eval_windows: usize,
+    /// Write DIR/checkpoint-STEP every N steps (0 = only at the end)
+    #[arg(long, default_value_t = d::SAVE_EVERY)]
+    save_every: u64,
+    /// Intermediate checkpoints kept (the newest always is)
+    #[arg(long, default_value_t = d::KEEP_CHECKPOINTS)]
+    keep_checkpoints: usize,
+    /// Write a metrics record (and a progress line off a terminal) every N steps
+    #[arg(long, default_value_t = d::LOG_EVERY)]
+    log_every: u64,
+    /// Run directory [default: runs/<UTC timestamp>; with --resume, the resumed run's directory]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue a run: a run directory (its newest complete checkpoint) or a checkpoint directory
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Tokens of the sample printed at the end (0 = none)
+    #[arg(long, default_value_t = 200)]
+    sample_tokens: usize,
+}
+
+impl Args {
+    /// `steps_given`: whether --steps was on the command line (its default
+    /// yields to --epochs).
+    fn run_config(&self, steps_given: bool) -> RunConfig {
+        RunConfig {
+            data: self.data.clone(),
+            tokenizer: self.tokenizer,
+            vocab_size: self.vocab_size,
+            max_file_bytes: self.max_file_bytes,
+            val_fraction: self.val_fraction,
+            embed_dim: self.embed_dim,
+            num_layers: self.num_layers,
+            num_heads: self.num_heads,
+            context: self.context,
+            seq_len: self.seq_len,
+            batch_size: self.batch_size,
+            micro_batch: self.micro_batch,
+            optimizer: self.optimizer,
+            learning_rate: self.learning_rate,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            warmup_steps: self.warmup_steps,
+            steps: (steps_given || self.epochs.is_none()).then_some(self.steps),
+            epochs: self.epochs,
+            seed: self.seed,
+            threads: self.threads,
+            recursive_depth: self.recursive_depth,
+            branching: self.branching,
+            accumulator: self.accumulator,
+            precision: self.precision,
+            kernels: self.kernels,
+            eval_every: self.eval_every,
+            eval_windows: self.eval_windows,
+            save_every: self.save_every,
+            keep_checkpoints: self.keep_checkpoints,
+            log_every: self.log_every,
+            out: self.out.clone(),
+            resume: self.resume.clone(),
+        }
+    }
+}
+
+/// Progress on stdout: a bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    start: Instant,
+}
+
+impl Progress {
+    fn line(&self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => {
+                println!("{s}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn message(&mut self, text: &str) {
+        self.line(text);
+    }
+    fn started(&mut self, first: u64, total: u64) {
+        self.start = Instant::now();
+        if std::io::stdout().is_terminal() && total > first {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} step {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]",
+                )
+                .expect("a valid template"),
+            );
+            bar.set_position(first);
+            bar.reset_eta();
+            bar.enable_steady_tick(Duration::from_millis(250));
+            self.bar = Some(bar);
+        }
+    }
+    fn step(&mut self, e: &StepEvent) {
+        if let Some(b) = &self.bar {
+            b.set_position(e.step);
+            b.set_message(format!("loss {:.4} | {:.0} tok/s", e.loss, e.tokens_per_s));
+        }
+        if e.retried_units > 0 {
+            self.line(&format!(
+                "step {}: {} unit(s) recomputed after a worker failure; result unchanged",
+                e.step, e.retried_units
+            ));
+        }
+    }
+    fn record(&mut self, r: &MetricsRecord) {
+        let val = r
+            .val_loss
+            .map_or(String::new(), |v| format!(" | val {v:.4}"));
+        let text = format!(
+            "step {} | loss {:.4}{val} | lr {:.2e} | grad norm {:.3} | {:.0} tok/s | {:.1}s",
+            r.step, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s, r.elapsed_s
+        );
+        // On a terminal the bar shows the loss; keep only the evaluations.
+        if self.bar.is_none() || r.val_loss.is_some() {
+            self.line(&text);
+        }
+    }
+    fn saved(&mut self, _step: u64, path: &Path) {
+        self.line(&format!("saved {}", path.display()));
+    }
+    fn finished(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let _ = self.start;
+    }
+}
+
+/// `CLLM_INJECT_FAILURE=STEP:UNIT:TIMES` (test hook, not in --help): the
+/// computation of UNIT at data step STEP (0-based) panics TIMES times.
+fn injected_failure() -> Result<Option<FailureInjection>, String> {
+    let Ok(v) = std::env::var("CLLM_INJECT_FAILURE") else {
+        return Ok(None);
+    };
+    let parts: Vec<&str> = v.split(':').collect();
+    let bad = || format!("CLLM_INJECT_FAILURE={v:?} must be STEP:UNIT:TIMES");
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    Ok(Some(FailureInjection {
+        step: parts[0].parse().map_err(|_| bad())?,
+        unit: parts[1].parse().map_err(|_| bad())?,
+        times: parts[2].parse().map_err(|_| bad())?,
+    }))
+}
+
+struct Sample<'a> {
+    model: &'a trainer::LoadedGpt,
+    settings: SampleSettings,
+}
+
+impl KernelTask for Sample<'_> {
+    type Output = Result<String, String>;
+    fn run<K: Kernels<f32> + Send + Sync + 'static>(self, k: K, _label: String) -> Self::Output {
+        let m = self.model;
+        let prompt = trainer::prompt_ids(&m.tokenizer, "").map_err(|e| e.to_string())?;
+        let ids = trainer::generate(
+            &k,
+            &m.config,
+            &m.params,
+            &prompt,
+            &self.settings,
+            |_| Ok(()),
+        )
+        .map_err(|e| e.to_string())?;
+        let bytes = m.tokenizer.decode_bytes(&ids).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+fn run() -> Result<(), String> {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let explicit: Vec<String> = Args::command()
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .collect();
+    let explicit: Vec<&str> = explicit.iter().map(String::as_str).collect();
+    let mut cfg = args.run_config(explicit.contains(&"steps"));
+    if cfg.resume.is_none() {
+        if cfg.data.is_none() {
+            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            println!(
+                "no DATA given: training on this repository's own text files ({})",
+                repo.display()
+            );
+            cfg.data = Some(repo);
+        }
+        if cfg.out.is_none() {
+            let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+            cfg.out = Some(PathBuf::from("runs").join(stamp.to_string()));
+        }
+    }
+    // Test hook (not in --help): pause after each step so a test can kill
+    // the run at a known point.
+    let step_delay = std::env::var("CLLM_TEST_STEP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let opts = TrainOptions {
+        inject_failure: injected_failure()?,
+        step_delay,
+    };
+    let mut progress = Progress {
+        bar: None,
+        start: Instant::now(),
+    };
+    let outcome =
+        trainer::train(cfg, &explicit, &opts, &mut progress).map_err(|e| e.to_string())?;
+    let val = outcome
+        .val_loss
+        .map_or(String::new(), |v| format!(", val loss {v:.4}"));
+    let train_loss = outcome
+        .train_loss
+        .map_or(String::new(), |v| format!(", train loss {v:.4}"));
+    println!(
+        "done: {} steps{train_loss}{val} in {:.1}s; model in {}",
+        outcome.steps,
+        outcome.train_seconds,
+        outcome.run_dir.display()
+    );
+    if args.sample_tokens > 0 && outcome.steps > 0 {
+        let settings = SampleSettings {
+            max_new_tokens: args.sample_tokens,
+            ..SampleSettings::default()
+        };
+        let text = trainer::dispatch_kernels(
+            outcome.config.kernels,
+            Sample {
+                model: &outcome.model,
+                settings,
+            },
+        )?;
+        println!(
+            "--- sample ({} tokens) ---\n{text}\n---",
+            args.sample_tokens
+        );
+    }
+    Ok(())
+}
+
+/// Worker panics are caught by the executor, which recomputes the unit (up
+/// to `trainer::MAX_RETRIES` times) or fails the step with a clear error;
+/// report each one in one line instead of the default backtrace text, and
+/// any other panic as an internal error.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".to_string());
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("main");
+        if name.starts_with("sphere-worker") {
+            eprintln!("warning: {name} failed ({msg})");
+        } else {
+            let at = info
+                .location()
+                .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+            eprintln!("error: internal error in {name}: {msg}{at}");
+        }
+    }));
+}
+
+fn main() -> ExitCode {
+    install_panic_hook();
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Err(_) => ExitCode::from(1),
+    }
+}

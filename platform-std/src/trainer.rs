@@ -1,0 +1,876 @@
+//! The desktop trainer, as a library: configuration and its validation, data
+//! set-up, the training loop over the sphere [`Hierarchy`], checkpoints with
+//! exact resume, metrics, and generation. `examples/train.rs` and
+//! `examples/generate.rs` are thin command-line shells over this module.
+//!
+//! Bitwise resume: everything a step depends on is either saved in the
+//! checkpoint (parameters, AdamW moments, the step number) or a pure function
+//! of the configuration and the step (the batch windows, the learning rate),
+//! so continuing from `checkpoint-N` replays steps `N..` exactly.
+//!
+//! I/O happens only between steps: the executor's step neither allocates nor
+//! locks nor touches files.
+
+pub mod config;
+pub mod generate;
+mod report;
+mod source;
+pub mod tensors;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
+use cllm_core::kernels::{Kernels, Portable};
+use cllm_core::model::{self, GptConfig};
+use cllm_core::optim::{self, LrSchedule};
+
+use crate::checkpoint::{self, Checkpoint, CkptError, LoadedCheckpoint, TrainerState};
+use crate::data::{self, DataError, LoadOptions};
+use crate::exec::{ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UpdateSettings};
+use crate::fsutil::{create_dir_all_durable, FsError};
+use crate::metrics::{MetricsError, MetricsRecord, MetricsWriter};
+use crate::plot;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+pub use config::{
+    defaults, AccumulatorKind, ConfigError, Depth, KernelSelection, OptimizerKind, RunConfig,
+    TokenizerChoice,
+};
+pub use generate::{generate, load_gpt, prompt_ids, GenerateError, LoadedGpt, SampleSettings};
+pub use report::{estimate_memory, mem_available};
+pub use source::{fingerprint, CorpusSource};
+
+/// Name of the loss plot in the run directory.
+pub const LOSS_PLOT: &str = "loss.svg";
+
+/// Units recomputed after a worker failure before the step gives up.
+pub const MAX_RETRIES: u32 = 2;
+
+/// Why training stopped (one line each).
+#[derive(Debug)]
+pub enum TrainError {
+    /// An invalid configuration.
+    Config(ConfigError),
+    /// The corpus cannot be used.
+    Data(DataError),
+    /// Building or using the tokenizer failed.
+    Tokenizer(TokenizerError),
+    /// Reading or writing a checkpoint failed.
+    Checkpoint(CkptError),
+    /// `metrics.jsonl` cannot be written or read.
+    Metrics(MetricsError),
+    /// Other file-system failure.
+    Io(FsError),
+    /// A checkpoint does not fit this run.
+    Resume(String),
+    /// A training step failed.
+    Step {
+        /// The 1-based step that failed.
+        step: u64,
+        /// Why.
+        error: ExecError,
+        /// The newest intact checkpoint.
+        last_checkpoint: Option<PathBuf>,
+    },
+}
+
+impl fmt::Display for TrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrainError::Config(e) => write!(f, "{e}"),
+            TrainError::Data(e) => write!(f, "{e}"),
+            TrainError::Tokenizer(e) => write!(f, "{e}"),
+            TrainError::Checkpoint(e) => write!(f, "{e}"),
+            TrainError::Metrics(e) => write!(f, "{e}"),
+            TrainError::Io(e) => write!(f, "{e}"),
+            TrainError::Resume(s) => f.write_str(s),
+            TrainError::Step {
+                step,
+                error,
+                last_checkpoint,
+            } => {
+                write!(f, "training step {step} failed: {error}; ")?;
+                match last_checkpoint {
+                    Some(p) => write!(
+                        f,
+                        "the last checkpoint {} is intact (continue with --resume {})",
+                        p.display(),
+                        p.display()
+                    ),
+                    None => write!(f, "no checkpoint had been written yet"),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+macro_rules! from_err {
+    ($t:ty, $v:ident) => {
+        impl From<$t> for TrainError {
+            fn from(e: $t) -> Self {
+                TrainError::$v(e)
+            }
+        }
+    };
+}
+from_err!(ConfigError, Config);
+from_err!(DataError, Data);
+from_err!(TokenizerError, Tokenizer);
+from_err!(CkptError, Checkpoint);
+from_err!(MetricsError, Metrics);
+from_err!(FsError, Io);
+
+/// Per-step figures for progress displays.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepEvent {
+    /// Steps done (1-based index of the step just finished).
+    pub step: u64,
+    /// Steps of the whole run.
+    pub total: u64,
+    /// The step's mean loss.
+    pub loss: f32,
+    /// The step's learning rate.
+    pub lr: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Tokens per second of this step.
+    pub tokens_per_s: f64,
+    /// Units recomputed after a worker failure.
+    pub retried_units: u32,
+}
+
+/// Receives the trainer's reports. Every method has an empty default.
+pub trait Observer {
+    /// Informational text (corpus summary, shape report, notes); may span
+    /// lines.
+    fn message(&mut self, _text: &str) {}
+    /// Training begins at step `first` (0 unless resumed) of `total`.
+    fn started(&mut self, _first: u64, _total: u64) {}
+    /// A step finished.
+    fn step(&mut self, _e: &StepEvent) {}
+    /// A metrics record was written.
+    fn record(&mut self, _r: &MetricsRecord) {}
+    /// A checkpoint was written.
+    fn saved(&mut self, _step: u64, _path: &Path) {}
+    /// Training is over.
+    fn finished(&mut self) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Test hooks and other options that are not part of the run configuration.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Make a unit's computation panic (see [`FailureInjection`]).
+    pub inject_failure: Option<FailureInjection>,
+    /// Sleep this long after each step (tests use it to kill a run at a
+    /// predictable point); `None` in normal runs.
+    pub step_delay: Option<std::time::Duration>,
+}
+
+/// The result of a finished run.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The configuration it ran with (resumed runs: after merging).
+    pub config: RunConfig,
+    /// Steps done in total.
+    pub steps: u64,
+    /// Mean loss of the last step run (`None` when no step ran now).
+    pub train_loss: Option<f32>,
+    /// Last validation loss (`None` without validation data or steps).
+    pub val_loss: Option<f32>,
+    /// Wall time of this invocation's training loop, in seconds.
+    pub train_seconds: f64,
+    /// The final model.
+    pub model: LoadedGpt,
+}
+
+// ---------------------------------------------------------------------------
+// Kernel and accumulator dispatch.
+
+/// Work generic over the kernels (see [`dispatch_kernels`]).
+pub trait KernelTask {
+    /// What the work returns.
+    type Output;
+    /// Runs with `kernels`; `label` describes them for reports.
+    fn run<K: Kernels<f32> + Send + Sync + 'static>(
+        self,
+        kernels: K,
+        label: String,
+    ) -> Self::Output;
+}
+
+/// The one place where `--kernels` becomes a type.
+pub fn dispatch_kernels<T: KernelTask>(sel: KernelSelection, task: T) -> T::Output {
+    match sel {
+        KernelSelection::Auto => {
+            let k = crate::kernels::SimdKernels::auto();
+            task.run(k, k.describe())
+        }
+        // The core's plain-Rust kernels: the same bits on every platform.
+        KernelSelection::Portable => task.run(Portable, "portable".to_string()),
+    }
+}
+
+/// Work generic over the accumulator (see [`dispatch_accumulator`]).
+pub trait AccTask {
+    /// What the work returns.
+    type Output;
+    /// Runs with `acc`.
+    fn run<A>(self, acc: A) -> Self::Output
+    where
+        A: Accumulator + Send + 'static,
+        A::Cell: 'static;
+}
+
+/// The one place where `--accumulator` becomes a type.
+pub fn dispatch_accumulator<T: AccTask>(
+    kind: AccumulatorKind,
+    precision: u32,
+    task: T,
+) -> Result<T::Output, ConfigError> {
+    let _ = precision; // only bigfloat has a precision
+    Ok(match kind {
+        AccumulatorKind::F32 => task.run(F32Acc),
+        AccumulatorKind::Fixed => task.run(FixedAcc::default()),
+        AccumulatorKind::Exact => task.run(ExactAcc),
+        #[cfg(feature = "bigfloat")]
+        AccumulatorKind::BigFloat => {
+            let acc = cllm_core::accumulate::BigFloatAcc::new(precision)
+                .map_err(|e| ConfigError(format!("--precision: {e}")))?;
+            task.run(acc)
+        }
+        #[cfg(not(feature = "bigfloat"))]
+        AccumulatorKind::BigFloat => {
+            return Err(ConfigError(
+                "--accumulator bigfloat needs the bigfloat feature: rebuild with \
+                 `--features bigfloat`"
+                    .to_string(),
+            ))
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Set-up.
+
+/// Everything prepared before the hierarchy starts.
+struct Prepared {
+    cfg: RunConfig,
+    /// `cfg` plus corpus fingerprint and resolved values, as saved.
+    saved_config: Value,
+    run_dir: PathBuf,
+    model: GptConfig,
+    tokenizer: Tokenizer,
+    source: Arc<CorpusSource>,
+    exec: ExecConfig,
+    total_steps: u64,
+    resumed: Option<LoadedCheckpoint>,
+    start_step: u64,
+    elapsed_before: f64,
+    inject: Option<FailureInjection>,
+    step_delay: Option<std::time::Duration>,
+}
+
+fn corpus_json(bytes: usize, fp: u64) -> Value {
+    json!({ "bytes": bytes, "fingerprint": format!("{fp:016x}") })
+}
+
+/// The run directory a `--resume PATH` belongs to: PATH itself, or its
+/// parent when PATH is a `checkpoint-N` directory.
+fn run_dir_of(resume: &Path, ckpt: &Path) -> PathBuf {
+    if resume == ckpt {
+        ckpt.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    } else {
+        resume.to_path_buf()
+    }
+}
+
+fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("runs").join(format!("run-{secs}"))
+}
+
+fn prepare(
+    given: RunConfig,
+    explicit: &[&str],
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+) -> Result<Prepared, TrainError> {
+    given.validate()?;
+    // Resume: the checkpoint's configuration is authoritative.
+    let (cfg, resumed, run_dir) = match &given.resume {
+        Some(path) => {
+            let dir = checkpoint::resolve_resume(path)?;
+            let ck = checkpoint::load_checkpoint(&dir)?;
+            let saved: RunConfig =
+                serde_json::from_value(ck.state.config.clone()).map_err(|e| {
+                    TrainError::Resume(format!(
+                        "{}: field \"config\" is not a cllm run configuration: {e}",
+                        dir.join(checkpoint::TRAINER_STATE_FILE).display()
+                    ))
+                })?;
+            let mut cfg = RunConfig::merge_resumed(&saved, &given, explicit)?;
+            cfg.resume = Some(path.clone());
+            cfg.validate()?;
+            let run_dir = cfg.out.clone().filter(|_| explicit.contains(&"out"));
+            let run_dir = run_dir.unwrap_or_else(|| run_dir_of(path, &dir));
+            obs.message(&format!(
+                "resuming from {} (step {})",
+                dir.display(),
+                ck.state.step
+            ));
+            (cfg, Some(ck), run_dir)
+        }
+        None => {
+            let run_dir = given.out.clone().unwrap_or_else(default_run_dir);
+            if let Some(ck) = checkpoint::latest_checkpoint(&run_dir)? {
+                return Err(TrainError::Resume(format!(
+                    "{} already holds checkpoints ({}); continue it with --resume {} or choose \
+                     another --out",
+                    run_dir.display(),
+                    ck.display(),
+                    run_dir.display()
+                )));
+            }
+            (given, None, run_dir)
+        }
+    };
+    let mut cfg = cfg;
+    cfg.out = Some(run_dir.clone());
+
+    // Data.
+    let data_path = cfg.data.clone().ok_or_else(|| {
+        ConfigError("no training data: give a text file or a directory".to_string())
+    })?;
+    let load_opts = LoadOptions {
+        max_file_bytes: cfg.max_file_bytes,
+        ..LoadOptions::default()
+    };
+    let corpus = data::load_corpus(&data_path, &load_opts)?;
+    obs.message(&format!(
+        "data: {}\n{}",
+        data_path.display(),
+        corpus.summary()
+    ));
+    let corpus_bytes = corpus.bytes().len();
+    let fp = fingerprint(corpus.bytes());
+    if let Some(ck) = &resumed {
+        let saved = ck.state.config.get("corpus");
+        if saved != Some(&corpus_json(corpus_bytes, fp)) {
+            return Err(TrainError::Resume(format!(
+                "the corpus at {} ({corpus_bytes} bytes, fingerprint {fp:016x}) is not the one \
+                 checkpoint {} was trained on ({}); resume with the same data",
+                data_path.display(),
+                ck.dir.display(),
+                saved.map_or("no corpus record".to_string(), |v| v.to_string())
+            )));
+        }
+    }
+    let tokenizer = match &resumed {
+        Some(ck) => {
+            let t = ck.model.tokenizer.clone();
+            if t.kind() != cfg.tokenizer.into() {
+                return Err(TrainError::Resume(format!(
+                    "checkpoint {} has a {} tokenizer but its configuration says {}",
+                    ck.dir.display(),
+                    t.kind(),
+                    cfg.tokenizer
+                )));
+            }
+            t
+        }
+        None => Tokenizer::train(cfg.tokenizer.into(), corpus.bytes(), cfg.vocab_size)?,
+    };
+    let store = corpus.into_tokens(&tokenizer)?;
+    data::check_len(store.len(), cfg.seq_len)?;
+    let (train, val) = data::split_train_val(store.len(), cfg.val_fraction)?;
+    train.check(cfg.seq_len, "training split")?;
+    let eval_starts = match val {
+        Some(v) if cfg.eval_windows > 0 => {
+            v.check(cfg.seq_len, "validation split")?;
+            data::eval_window_starts(v, cfg.seq_len, cfg.eval_windows)
+        }
+        _ => Vec::new(),
+    };
+    let total_steps = match (cfg.steps, cfg.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => {
+            let per_step = (cfg.batch_size * cfg.seq_len) as f64;
+            (e * train.len as f64 / per_step).ceil().max(1.0) as u64
+        }
+        (None, None) => defaults::STEPS,
+    };
+
+    // Model and hierarchy shape.
+    let model = GptConfig {
+        vocab_size: tokenizer.vocab_size(),
+        n_positions: cfg.context_len(),
+        n_embd: cfg.embed_dim,
+        n_layer: cfg.num_layers,
+        n_head: cfg.num_heads,
+    };
+    model
+        .validate()
+        .map_err(|e| ConfigError(format!("invalid model: {e}")))?;
+    if let Some(ck) = &resumed {
+        let hf = tensors::hf_config(&model, &tokenizer);
+        if ck.model.config != hf {
+            return Err(TrainError::Resume(format!(
+                "checkpoint {}: config.json ({} layers, {} heads, n_embd {}, context {}, vocab {}) \
+                 does not match the run configuration ({} layers, {} heads, n_embd {}, context {}, \
+                 vocab {})",
+                ck.dir.display(),
+                ck.model.config.n_layer,
+                ck.model.config.n_head,
+                ck.model.config.n_embd,
+                ck.model.config.n_positions,
+                ck.model.config.vocab_size,
+                hf.n_layer,
+                hf.n_head,
+                hf.n_embd,
+                hf.n_positions,
+                hf.vocab_size
+            )));
+        }
+    }
+    let shape = cfg.shape()?;
+    let exec = ExecConfig {
+        shape,
+        threads: cfg.resolved_threads(),
+        units: cfg.units(),
+        micro_batch: cfg.micro_batch,
+        seq_len: cfg.seq_len,
+        pin_threads: false,
+        max_retries: MAX_RETRIES,
+    };
+    report::check_memory(&model, &exec, cfg.accumulator, cfg.precision)?;
+
+    let source = Arc::new(CorpusSource::new(
+        store,
+        train,
+        eval_starts,
+        cfg.seed,
+        cfg.micro_batch,
+        cfg.seq_len,
+    ));
+    let mut saved_config = serde_json::to_value(&cfg).expect("a RunConfig serializes");
+    if let Value::Object(m) = &mut saved_config {
+        m.insert("corpus".to_string(), corpus_json(corpus_bytes, fp));
+        m.insert(
+            "resolved".to_string(),
+            json!({
+                "total_steps": total_steps,
+                "depth": shape.depth(),
+                "threads": exec.threads,
+                "units": exec.units,
+            }),
+        );
+    }
+    let (start_step, elapsed_before) = resumed
+        .as_ref()
+        .map_or((0, 0.0), |ck| (ck.state.step, ck.state.elapsed_s));
+    Ok(Prepared {
+        cfg,
+        saved_config,
+        run_dir,
+        model,
+        tokenizer,
+        source,
+        exec,
+        total_steps,
+        resumed,
+        start_step,
+        elapsed_before,
+        inject: opts.inject_failure,
+        step_delay: opts.step_delay,
+    })
+}
+
+/// Trains as `cfg` says. `explicit` lists the fields (snake_case) the user
+/// gave on the command line; it only matters with `cfg.resume`, where the
+/// checkpoint's configuration is used and explicit flags may only change
+/// execution settings (see [`RunConfig::merge_resumed`]).
+pub fn train(
+    cfg: RunConfig,
+    explicit: &[&str],
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+) -> Result<TrainOutcome, TrainError> {
+    let prep = prepare(cfg, explicit, opts, obs)?;
+    let (kind, precision) = (prep.cfg.accumulator, prep.cfg.precision);
+    dispatch_accumulator(kind, precision, AccStage { prep, obs })?
+}
+
+struct AccStage<'o> {
+    prep: Prepared,
+    obs: &'o mut dyn Observer,
+}
+
+impl AccTask for AccStage<'_> {
+    type Output = Result<TrainOutcome, TrainError>;
+    fn run<A>(self, acc: A) -> Self::Output
+    where
+        A: Accumulator + Send + 'static,
+        A::Cell: 'static,
+    {
+        let sel = self.prep.cfg.kernels;
+        dispatch_kernels(
+            sel,
+            KernelStage {
+                prep: self.prep,
+                obs: self.obs,
+                acc,
+            },
+        )
+    }
+}
+
+struct KernelStage<'o, A> {
+    prep: Prepared,
+    obs: &'o mut dyn Observer,
+    acc: A,
+}
+
+impl<A> KernelTask for KernelStage<'_, A>
+where
+    A: Accumulator + Send + 'static,
+    A::Cell: 'static,
+{
+    type Output = Result<TrainOutcome, TrainError>;
+    fn run<K: Kernels<f32> + Send + Sync + 'static>(
+        self,
+        kernels: K,
+        label: String,
+    ) -> Self::Output {
+        run_loop(self.prep, self.acc, kernels, &label, self.obs)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The loop.
+
+/// Checkpoint writer bound to one run.
+struct Saver<'a> {
+    prep: &'a Prepared,
+    layout: tensors::Layout,
+    hf: checkpoint::HfGpt2Config,
+}
+
+impl Saver<'_> {
+    fn save<A, K>(
+        &self,
+        h: &Hierarchy<A, K>,
+        step: u64,
+        elapsed: f64,
+    ) -> Result<PathBuf, TrainError>
+    where
+        A: Accumulator + Send + 'static,
+        A::Cell: 'static,
+        K: Kernels<f32> + Send + 'static,
+    {
+        let p = self.prep;
+        let model = self.layout.refs(h.params());
+        let (m, v) = h.optimizer_state();
+        let n = [m.len()];
+        let optimizer: Vec<checkpoint::TensorRef> = match p.cfg.optimizer {
+            OptimizerKind::AdamW => vec![
+                checkpoint::TensorRef::new(tensors::EXP_AVG, &n, m),
+                checkpoint::TensorRef::new(tensors::EXP_AVG_SQ, &n, v),
+            ],
+            OptimizerKind::Sgd if p.cfg.momentum != 0.0 => {
+                vec![checkpoint::TensorRef::new(tensors::MOMENTUM_BUFFER, &n, m)]
+            }
+            OptimizerKind::Sgd => Vec::new(),
+        };
+        let state = TrainerState {
+            step,
+            rng_state: vec![p.cfg.seed],
+            data_position: step * p.cfg.batch_size as u64,
+            elapsed_s: elapsed,
+            config: p.saved_config.clone(),
+        };
+        let path = checkpoint::save_checkpoint(
+            &p.run_dir,
+            &Checkpoint {
+                model: &model,
+                config: &self.hf,
+                tokenizer: &p.tokenizer,
+                optimizer: &optimizer,
+                state: &state,
+            },
+        )?;
+        checkpoint::prune_checkpoints(&p.run_dir, p.cfg.keep_checkpoints)?;
+        Ok(path)
+    }
+
+    fn final_model(&self, params: &[f32]) -> Result<(), TrainError> {
+        let model = self.layout.refs(params);
+        checkpoint::write_model_dir(&self.prep.run_dir, &model, &self.hf, &self.prep.tokenizer)?;
+        Ok(())
+    }
+}
+
+fn plot_title(cfg: &RunConfig) -> String {
+    format!(
+        "{} layers, n_embd {}, {} tokenizer, {} accumulator",
+        cfg.num_layers, cfg.embed_dim, cfg.tokenizer, cfg.accumulator
+    )
+}
+
+fn run_loop<A, K>(
+    prep: Prepared,
+    acc: A,
+    kernels: K,
+    kernel_label: &str,
+    obs: &mut dyn Observer,
+) -> Result<TrainOutcome, TrainError>
+where
+    A: Accumulator + Send + 'static,
+    A::Cell: 'static,
+    K: Kernels<f32> + Send + Sync + 'static,
+{
+    let cfg = prep.cfg.clone();
+    let layout = tensors::Layout::new(&prep.model);
+    let p = prep.model.num_params();
+
+    // Parameters and optimizer state: from the checkpoint or fresh.
+    let (params, moments) = match &prep.resumed {
+        Some(ck) => {
+            let params = layout.flatten(&ck.dir.join(checkpoint::MODEL_FILE), &ck.model.model)?;
+            let opt_path = ck.dir.join(checkpoint::OPTIMIZER_FILE);
+            let vec = |name| tensors::optimizer_vector(&opt_path, &ck.optimizer, name, p);
+            let moments = match cfg.optimizer {
+                OptimizerKind::AdamW => {
+                    Some((vec(tensors::EXP_AVG)?, Some(vec(tensors::EXP_AVG_SQ)?)))
+                }
+                OptimizerKind::Sgd if cfg.momentum != 0.0 => {
+                    Some((vec(tensors::MOMENTUM_BUFFER)?, None))
+                }
+                OptimizerKind::Sgd => None,
+            };
+            (params, moments)
+        }
+        None => {
+            let mut params = vec![0.0f32; p];
+            model::init_params(&prep.model, &mut params, cfg.seed)
+                .map_err(|e| ConfigError(format!("invalid model: {e}")))?;
+            (params, None)
+        }
+    };
+    let source: Arc<dyn crate::exec::UnitSource> = prep.source.clone();
+    let mut h =
+        Hierarchy::new(prep.model, params, acc, kernels, source, prep.exec).map_err(|e| {
+            TrainError::Step {
+                step: prep.start_step,
+                error: e,
+                last_checkpoint: None,
+            }
+        })?;
+    if let Some((m, v)) = moments {
+        let (hm, hv) = h.optimizer_state_mut();
+        hm.copy_from_slice(&m);
+        if let Some(v) = v {
+            hv.copy_from_slice(&v);
+        }
+    }
+    h.inject_failure(prep.inject);
+
+    let total = prep.total_steps;
+    let start = prep.start_step;
+    if start > total {
+        return Err(TrainError::Resume(format!(
+            "the checkpoint is at step {start}, past the {total} steps this run is set to; give a \
+             larger --steps"
+        )));
+    }
+    obs.message(&report::shape_report(&report::ShapeInfo {
+        shape: prep.exec.shape,
+        exec: &prep.exec,
+        model: &prep.model,
+        accumulator: acc_name(&cfg),
+        kernels: kernel_label,
+        optimizer: cfg.optimizer.name(),
+        memory: h.memory_bytes(),
+        steps: (start, total),
+    }));
+
+    let run_dir = prep.run_dir.clone();
+    create_dir_all_durable(&run_dir)?;
+    checkpoint::clean_stale_temp(&run_dir)?;
+    let (mut metrics, mut records) = if prep.resumed.is_some() {
+        MetricsWriter::resume(&run_dir, start)?
+    } else {
+        (MetricsWriter::create(&run_dir)?, Vec::new())
+    };
+    let saver = Saver {
+        prep: &prep,
+        hf: tensors::hf_config(&prep.model, &prep.tokenizer),
+        layout,
+    };
+    let title = plot_title(&cfg);
+
+    let optimizer = match cfg.optimizer {
+        OptimizerKind::AdamW => Optimizer::AdamW(optim::AdamW {
+            lr: cfg.learning_rate as f32,
+            beta1: cfg.beta1 as f32,
+            beta2: cfg.beta2 as f32,
+            eps: 1e-8,
+            weight_decay: cfg.weight_decay as f32,
+        }),
+        OptimizerKind::Sgd => Optimizer::Sgd(optim::Sgd {
+            lr: cfg.learning_rate as f32,
+            momentum: cfg.momentum as f32,
+            weight_decay: cfg.weight_decay as f32,
+        }),
+    };
+    // nanoGPT's convention: warm up, then cosine down to a tenth of the peak
+    // at the last step.
+    let schedule = LrSchedule {
+        max_lr: cfg.learning_rate as f32,
+        min_lr: (cfg.learning_rate / 10.0) as f32,
+        warmup_steps: cfg.warmup_steps,
+        total_steps: total,
+    };
+    let tokens_per_step = (cfg.batch_size * cfg.seq_len) as f64;
+    let has_val = prep.source.eval_windows() > 0;
+
+    obs.started(start, total);
+    let t0 = Instant::now();
+    let elapsed = |t0: &Instant| prep.elapsed_before + t0.elapsed().as_secs_f64();
+    let mut last_ckpt = checkpoint::latest_checkpoint(&run_dir)?;
+    let resumed_at = prep.resumed.as_ref().map(|ck| ck.state.step);
+    let (mut last_loss, mut last_val) = (None, None);
+    // Loss and time since the last metrics record.
+    let (mut sum_loss, mut n_loss, mut step_time) = (0.0f64, 0u64, 0.0f64);
+
+    if start == total && resumed_at != Some(total) {
+        // --steps 0 (or nothing left): the model as it is.
+        last_ckpt = Some(saver.save(&h, total, elapsed(&t0))?);
+    }
+    for step in start..total {
+        let lr = schedule.lr(step);
+        let ts = Instant::now();
+        let stats = h
+            .train_step(
+                step,
+                UpdateSettings {
+                    optimizer,
+                    lr,
+                    grad_clip: cfg.grad_clip as f32,
+                    t: step + 1,
+                },
+            )
+            .map_err(|error| TrainError::Step {
+                step: step + 1,
+                error,
+                last_checkpoint: last_ckpt.clone(),
+            })?;
+        let dt = ts.elapsed().as_secs_f64();
+        let done = step + 1;
+        if !stats.loss.is_finite() {
+            return Err(TrainError::Step {
+                step: done,
+                error: ExecError::Config(format!(
+                    "the loss is {} (training diverged; lower --learning-rate or set --grad-clip)",
+                    stats.loss
+                )),
+                last_checkpoint: last_ckpt.clone(),
+            });
+        }
+        last_loss = Some(stats.loss);
+        sum_loss += stats.loss as f64;
+        n_loss += 1;
+        step_time += dt;
+        obs.step(&StepEvent {
+            step: done,
+            total,
+            loss: stats.loss,
+            lr,
+            grad_norm: stats.grad_norm,
+            tokens_per_s: tokens_per_step / dt.max(1e-9),
+            retried_units: stats.retried_units,
+        });
+
+        let is_last = done == total;
+        let eval_now = has_val && (is_last || (cfg.eval_every > 0 && done % cfg.eval_every == 0));
+        let val = if eval_now {
+            let v = h.evaluate().map_err(|error| TrainError::Step {
+                step: done,
+                error,
+                last_checkpoint: last_ckpt.clone(),
+            })?;
+            last_val = v;
+            v
+        } else {
+            None
+        };
+        if is_last || done % cfg.log_every == 0 || val.is_some() {
+            let rec = MetricsRecord {
+                step: done,
+                train_loss: sum_loss / n_loss.max(1) as f64,
+                val_loss: val.map(f64::from),
+                lr: lr as f64,
+                grad_norm: stats.grad_norm as f64,
+                tokens_per_s: n_loss as f64 * tokens_per_step / step_time.max(1e-9),
+                elapsed_s: elapsed(&t0),
+            };
+            metrics.append(&rec)?;
+            obs.record(&rec);
+            records.push(rec);
+            (sum_loss, n_loss, step_time) = (0.0, 0, 0.0);
+        }
+        if is_last || (cfg.save_every > 0 && done % cfg.save_every == 0) {
+            let path = saver.save(&h, done, elapsed(&t0))?;
+            plot::write_loss_svg(&run_dir.join(LOSS_PLOT), &records, &title)?;
+            obs.saved(done, &path);
+            last_ckpt = Some(path);
+        }
+        if let Some(d) = prep.step_delay {
+            std::thread::sleep(d);
+        }
+    }
+    saver.final_model(h.params())?;
+    plot::write_loss_svg(&run_dir.join(LOSS_PLOT), &records, &title)?;
+    obs.finished();
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let model = LoadedGpt {
+        dir: run_dir.clone(),
+        config: prep.model,
+        params: h.params().to_vec(),
+        tokenizer: prep.tokenizer.clone(),
+    };
+    drop(h);
+    Ok(TrainOutcome {
+        run_dir,
+        config: cfg,
+        steps: total.max(start),
+        train_loss: last_loss,
+        val_loss: last_val,
+        train_seconds,
+        model,
+    })
+}
+
+fn acc_name(cfg: &RunConfig) -> &'static str {
+    match cfg.accumulator {
+        AccumulatorKind::BigFloat => "bigfloat",
+        k => k.name(),
+    }
+}

@@ -16,13 +16,14 @@ use core::fmt;
 mod exact;
 mod fixed;
 mod float32;
+mod rounding;
 #[cfg(feature = "bigfloat")]
 mod bigfloat;
 
 #[cfg(feature = "bigfloat")]
-pub use bigfloat::BigFloatAcc;
-pub use exact::{ExactAcc, ExactCell};
-pub use fixed::FixedAcc;
+pub use bigfloat::{BigFloatAcc, PrecisionError};
+pub use exact::{ExactAcc, ExactCell, EXACT_LIMBS};
+pub use fixed::{FixedAcc, FracBitsError};
 pub use float32::F32Acc;
 
 /// What went wrong while accumulating.

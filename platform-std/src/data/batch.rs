@@ -277,7 +277,10 @@ pub fn fill_unit(
         .chunks_exact_mut(seq_len)
         .zip(targets_out.chunks_exact_mut(seq_len));
     for (i, (inp, tgt)) in rows.enumerate() {
-        let s = split.start + sequence_start(seed, step, first_seq + i as u64, split.len, seq_len);
+        // Sequence indices are hash inputs: wrap like the hash does rather
+        // than overflow (a panic in debug builds) for first_seq near u64::MAX.
+        let seq = first_seq.wrapping_add(i as u64);
+        let s = split.start + sequence_start(seed, step, seq, split.len, seq_len);
         // Both ranges lie inside the split, which lies inside the store
         // (checked above), so these cannot fail.
         let ok = store.window(s, inp) && store.window(s + 1, tgt);

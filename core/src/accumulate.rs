@@ -102,4 +102,96 @@ pub trait Accumulator: Sync {
     fn merge(&self, dst: &mut [Self::Cell], src: &[Self::Cell]) -> Result<(), AccError>;
     /// `out[i] = cells[i]` rounded to the nearest `f32` (ties to even).
     fn round(&self, cells: &[Self::Cell], out: &mut [f32]) -> Result<(), AccError>;
+
+    /// `cells[i] = xs[i]`: the first gradient of a buffer without a separate
+    /// [`zero`](Self::zero) pass. Implementations may write the cells without
+    /// reading them (the default zeroes, then adds).
+    ///
+    /// On an error at index `i`, cells `0..i` hold their values and cells
+    /// `i..` are unspecified.
+    fn assign(&self, cells: &mut [Self::Cell], xs: &[f32]) -> Result<(), AccError> {
+        check_len(cells.len(), xs.len())?;
+        self.zero(cells);
+        self.add(cells, xs)
+    }
+
+    /// `cells[i] += xs[0][i] + xs[1][i] + …`: several gradients in one call,
+    /// so that implementations can read and write each cell once instead of
+    /// once per gradient. Same bits as adding the gradients one by one.
+    ///
+    /// On an error the cells are unspecified (the default adds the gradients
+    /// one after the other); the index is that of an offending element.
+    fn add_many(&self, cells: &mut [Self::Cell], xs: &[&[f32]]) -> Result<(), AccError> {
+        check_lens(cells.len(), xs)?;
+        for x in xs {
+            self.add(cells, x)?;
+        }
+        Ok(())
+    }
+
+    /// `cells[i] = xs[0][i] + xs[1][i] + …` (zero when `xs` is empty): like
+    /// [`add_many`](Self::add_many) without reading the old cells.
+    ///
+    /// On an error the cells are unspecified.
+    fn assign_many(&self, cells: &mut [Self::Cell], xs: &[&[f32]]) -> Result<(), AccError> {
+        check_lens(cells.len(), xs)?;
+        match xs.split_first() {
+            None => {
+                self.zero(cells);
+                Ok(())
+            }
+            Some((first, rest)) => {
+                self.assign(cells, first)?;
+                self.add_many(cells, rest)
+            }
+        }
+    }
+
+    /// `out[i]` = the sum of `cells[0][i], cells[1][i], …` and `xs[0][i],
+    /// xs[1][i], …`, rounded once as by [`round`](Self::round): merge and
+    /// round in one pass, without writing cells. For a non-associative
+    /// accumulator it is the left fold from zero, cells first.
+    ///
+    /// On an error at index `i`, `out[0..i]` hold their results and `out[i..]`
+    /// are unspecified. The default works one element at a time through a
+    /// one-cell scratch buffer; implementations override it for speed.
+    fn sum_round(
+        &self,
+        cells: &[&[Self::Cell]],
+        xs: &[&[f32]],
+        out: &mut [f32],
+    ) -> Result<(), AccError> {
+        for c in cells {
+            check_len(out.len(), c.len())?;
+        }
+        check_lens(out.len(), xs)?;
+        let mut acc = [self.zero_cell()];
+        for i in 0..out.len() {
+            let at = |e: AccError| e.offset(i);
+            self.zero(&mut acc);
+            for c in cells {
+                self.merge(&mut acc, &c[i..i + 1]).map_err(at)?;
+            }
+            for x in xs {
+                self.add(&mut acc, &x[i..i + 1]).map_err(at)?;
+            }
+            self.round(&acc, &mut out[i..i + 1]).map_err(at)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`LengthMismatch`](AccErrorKind::LengthMismatch) at the shorter length
+/// unless `a == b`.
+pub(crate) fn check_len(a: usize, b: usize) -> Result<(), AccError> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(AccError::new(AccErrorKind::LengthMismatch, a.min(b)))
+    }
+}
+
+/// [`check_len`] of `len` against every slice of `xs`.
+pub(crate) fn check_lens(len: usize, xs: &[&[f32]]) -> Result<(), AccError> {
+    xs.iter().try_for_each(|x| check_len(len, x.len()))
 }

@@ -10,14 +10,28 @@
 //! other processes on a shared machine do not count; they still compete for
 //! caches and memory bandwidth.
 //!
-//! Figures are GB/s of gradient *input* (4 bytes per `f32` element, for
-//! merges too), so rows are comparable: a row at half the memcpy figure takes
-//! twice as long per element. Each figure is the best of 5 timed runs of
-//! enough passes to take about 0.3 s; threads split the vector into
-//! contiguous chunks (`std::thread::scope`), one per thread. `round` is the
-//! final conversion of the cells to `f32` (once per step).
+//! Figures are GB/s of gradient *input* (4 bytes per `f32` element and
+//! input, for merges and rounds too), so rows are comparable: a row at half
+//! the memcpy figure takes twice as long per element. Each figure is the best
+//! of 5 timed runs of enough passes to take about 0.3 s; threads split the
+//! vector into contiguous chunks (`std::thread::scope`), one per thread.
+//!
+//! | column | operation |
+//! |---|---|
+//! | `add` | `cells += x` |
+//! | `assign` | `cells = x` (first gradient of a step, no zeroing pass) |
+//! | `many6` | `cells = x1 + … + x6` in one `assign_many` call (6 inputs per element) |
+//! | `merge` | `dst += src` (cells) |
+//! | `round` | `out = f32(cells)` (once per step) |
+//! | `sumr2` | `out = f32(a + b)`, two cell buffers merged and rounded by one `sum_round` |
+//! | `sum6` | `out = f32(x1 + … + x6)` by one `sum_round`, no cells (6 inputs per element) |
+//!
+//! `f32` and `fixed` use the trait's default `assign_many` (zero, then add
+//! one input after the other), as does `f32` for `sum_round` (one element at
+//! a time through a scratch cell, so its `sumr2`/`sum6` are not meaningful).
 
 use std::hint::black_box;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
@@ -55,15 +69,15 @@ fn gbps(bytes: usize, mut run: impl FnMut(usize) -> f64) -> f64 {
     bytes as f64 / best / 1e9
 }
 
-/// `work(dst_chunk, src_chunk)` `passes` times on each of `threads` threads,
-/// thread `i` owning the `i`-th contiguous chunk. Returns the seconds taken:
-/// wall-clock, or the slowest thread's on-CPU time (see [`CPU_TIME`]).
-fn on_threads<D: Send, S: Sync>(
+/// `work(dst_chunk, range)` `passes` times on each of `threads` threads,
+/// thread `i` owning the `i`-th contiguous chunk of `dst` (at `range`).
+/// Returns the seconds taken: wall-clock, or the slowest thread's on-CPU
+/// time (see [`CPU_TIME`]).
+fn on_chunks<D: Send>(
     threads: usize,
     passes: usize,
     dst: &mut [D],
-    src: &[S],
-    work: &(impl Fn(&mut [D], &[S]) + Sync),
+    work: &(impl Fn(&mut [D], Range<usize>) + Sync),
 ) -> f64 {
     let chunk = dst.len().div_ceil(threads).max(1);
     let cpu = CPU_TIME.load(Ordering::Relaxed);
@@ -71,12 +85,13 @@ fn on_threads<D: Send, S: Sync>(
     let slowest = thread::scope(|s| {
         let handles: Vec<_> = dst
             .chunks_mut(chunk)
-            .zip(src.chunks(chunk))
-            .map(|(d, x)| {
+            .enumerate()
+            .map(|(i, d)| {
                 s.spawn(move || {
+                    let range = i * chunk..i * chunk + d.len();
                     let start = thread_cpu_ns();
                     for _ in 0..passes {
-                        work(d, x);
+                        work(d, range.clone());
                         black_box(&mut *d);
                     }
                     Some(thread_cpu_ns()? - start?)
@@ -94,9 +109,20 @@ fn on_threads<D: Send, S: Sync>(
     }
 }
 
+/// [`on_chunks`] with `work(dst_chunk, src_chunk)`.
+fn on_threads<D: Send, S: Sync>(
+    threads: usize,
+    passes: usize,
+    dst: &mut [D],
+    src: &[S],
+    work: &(impl Fn(&mut [D], &[S]) + Sync),
+) -> f64 {
+    on_chunks(threads, passes, dst, &|d, r| work(d, &src[r]))
+}
+
 /// Gradient-like inputs: signed, magnitudes spread over 2^-24 .. 1.
-fn gradients(n: usize) -> Vec<f32> {
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+fn gradients(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0xff51_afd7_ed55_8ccd);
     (0..n)
         .map(|_| {
             s ^= s << 13;
@@ -108,15 +134,54 @@ fn gradients(n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Inputs of the fused columns: the unit gradients of one step, i.e. for
+/// each element a typical magnitude (that of `xs`) times a random factor in
+/// `(-1, 1)` per unit.
+fn units(xs: &[f32], n: usize) -> Vec<Vec<f32>> {
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            xs.iter()
+                .map(|&x| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    x * ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Inputs per element of the `many6` and `sum6` columns.
+const FUSED: usize = 6;
+
 struct Row {
     kind: &'static str,
     add: f64,
+    assign: f64,
+    many: f64,
     merge: f64,
     round: f64,
+    sum_cells: f64,
+    sum_inputs: f64,
 }
 
-/// Add, merge and round throughput of one accumulator.
-fn bench_kind<A: Accumulator>(acc: &A, xs: &[f32], threads: usize) -> Row
+/// [`on_chunks`] with `work(dst_chunk, input_chunks)` for `FUSED` inputs.
+fn on_threads_many<D: Send>(
+    threads: usize,
+    passes: usize,
+    dst: &mut [D],
+    inputs: &[&[f32]; FUSED],
+    work: &(impl Fn(&mut [D], &[&[f32]]) + Sync),
+) -> f64 {
+    on_chunks(threads, passes, dst, &|d, r| {
+        work(d, &inputs.map(|x| &x[r.clone()]))
+    })
+}
+
+/// Throughput of every operation of one accumulator.
+fn bench_kind<A: Accumulator>(acc: &A, xs: &[f32], us: &[&[f32]; FUSED], threads: usize) -> Row
 where
     A::Cell: Clone,
 {
@@ -125,6 +190,16 @@ where
     let add = gbps(bytes, |passes| {
         on_threads(threads, passes, &mut cells, xs, &|c, x| {
             acc.add(c, x).unwrap()
+        })
+    });
+    let assign = gbps(bytes, |passes| {
+        on_threads(threads, passes, &mut cells, xs, &|c, x| {
+            acc.assign(c, x).unwrap()
+        })
+    });
+    let many = gbps(bytes * FUSED, |passes| {
+        on_threads_many(threads, passes, &mut cells, us, &|c, x| {
+            acc.assign_many(c, x).unwrap()
         })
     });
     // Merge a buffer that holds one pass of the inputs.
@@ -142,16 +217,36 @@ where
             acc.round(c, o).unwrap()
         })
     });
+    // The end of a step with two workers: both accumulators merged and rounded.
+    acc.assign_many(&mut cells, us).unwrap();
+    let sum_cells = gbps(bytes, |passes| {
+        on_chunks(threads, passes, &mut out, &|o, r| {
+            acc.sum_round(&[&cells[r.clone()], &src[r]], &[], o)
+                .unwrap()
+        })
+    });
+    drop((cells, src));
+    let sum_inputs = gbps(bytes * FUSED, |passes| {
+        on_threads_many(threads, passes, &mut out, us, &|o, x| {
+            acc.sum_round(&[], x, o).unwrap()
+        })
+    });
     Row {
         kind: acc.name(),
         add,
+        assign,
+        many,
         merge,
         round,
+        sum_cells,
+        sum_inputs,
     }
 }
 
 fn bench_size(len: usize, threads: usize, bigfloat_len: usize) -> Vec<Row> {
-    let xs = gradients(len);
+    let xs = gradients(len, 0);
+    let us = units(&xs, FUSED);
+    let us: [&[f32]; FUSED] = std::array::from_fn(|j| &us[j][..]);
     let mut dst = vec![0.0f32; len];
     let copy = gbps(len * 4, |passes| {
         on_threads(threads, passes, &mut dst, &xs, &|d, s| d.copy_from_slice(s))
@@ -159,17 +254,23 @@ fn bench_size(len: usize, threads: usize, bigfloat_len: usize) -> Vec<Row> {
     let mut rows = vec![Row {
         kind: "memcpy",
         add: copy,
+        assign: copy,
+        many: copy,
         merge: copy,
         round: copy,
+        sum_cells: copy,
+        sum_inputs: copy,
     }];
-    rows.push(bench_kind(&F32Acc, &xs, threads));
-    rows.push(bench_kind(&FixedAcc::default(), &xs, threads));
-    rows.push(bench_kind(&ExactAcc, &xs, threads));
+    rows.push(bench_kind(&F32Acc, &xs, &us, threads));
+    rows.push(bench_kind(&FixedAcc::default(), &xs, &us, threads));
+    rows.push(bench_kind(&ExactAcc, &xs, &us, threads));
     #[cfg(feature = "bigfloat")]
     {
         use cllm_core::accumulate::BigFloatAcc;
         let acc = BigFloatAcc::new(BigFloatAcc::EXACT_PRECISION).unwrap();
-        rows.push(bench_kind(&acc, &xs[..bigfloat_len.min(len)], threads));
+        let n = bigfloat_len.min(len);
+        let us: [&[f32]; FUSED] = std::array::from_fn(|j| &us[j][..n]);
+        rows.push(bench_kind(&acc, &xs[..n], &us, threads));
     }
     let _ = bigfloat_len;
     rows
@@ -208,28 +309,40 @@ fn main() {
     );
     println!();
     println!(
-        "{:<22} {:>7} {:<9} {:>9} {:>9} {:>9}",
-        "size", "threads", "kind", "add", "merge", "round"
+        "{:<22} {:>7} {:<9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "size", "threads", "kind", "add", "assign", "many6", "merge", "round", "sumr2", "sum6"
     );
     for &(len, label) in sizes {
         for &t in &threads {
             let rows = bench_size(len, t, 1 << 20);
             for r in &rows {
                 println!(
-                    "{:<22} {:>7} {:<9} {:>9.2} {:>9.2} {:>9.2}",
-                    label, t, r.kind, r.add, r.merge, r.round
+                    "{:<22} {:>7} {:<9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                    label,
+                    t,
+                    r.kind,
+                    r.add,
+                    r.assign,
+                    r.many,
+                    r.merge,
+                    r.round,
+                    r.sum_cells,
+                    r.sum_inputs
                 );
             }
             let get = |k: &str| rows.iter().find(|r| r.kind == k).unwrap();
             let (copy, f32r, exact) = (get("memcpy"), get("f32"), get("exact"));
             println!(
-                "{:<22} {:>7} ratios: f32/memcpy add {:.2} merge {:.2}; exact slowdown vs f32 add {:.2}x merge {:.2}x",
+                "{:<22} {:>7} ratios: f32/memcpy add {:.2} merge {:.2}; exact slowdown vs f32: \
+                 add {:.2}x merge {:.2}x, 6 gradients {:.2}x (many6) {:.2}x (sum6 vs f32 many6)",
                 label,
                 t,
                 f32r.add / copy.add,
                 f32r.merge / copy.merge,
                 f32r.add / exact.add,
-                f32r.merge / exact.merge
+                f32r.merge / exact.merge,
+                f32r.many / exact.many,
+                f32r.many / exact.sum_inputs
             );
         }
     }

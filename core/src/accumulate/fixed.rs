@@ -201,6 +201,34 @@ impl Accumulator for FixedAcc {
         }
         Ok(())
     }
+    fn assign(&self, cells: &mut [i64], xs: &[f32]) -> Result<(), AccError> {
+        check_len(cells.len(), xs.len())?;
+        for (i, (c, &x)) in cells.iter_mut().zip(xs).enumerate() {
+            *c = to_fixed(x, self.frac_bits).map_err(|k| AccError::new(k, i))?;
+        }
+        Ok(())
+    }
+    fn sum_round(&self, cells: &[&[i64]], xs: &[&[f32]], out: &mut [f32]) -> Result<(), AccError> {
+        for c in cells {
+            check_len(out.len(), c.len())?;
+        }
+        for x in xs {
+            check_len(out.len(), x.len())?;
+        }
+        let overflow = |i| AccError::new(AccErrorKind::Overflow, i);
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut sum = 0i64;
+            for c in cells {
+                sum = sum.checked_add(c[i]).ok_or(overflow(i))?;
+            }
+            for x in xs {
+                let v = to_fixed(x[i], self.frac_bits).map_err(|k| AccError::new(k, i))?;
+                sum = sum.checked_add(v).ok_or(overflow(i))?;
+            }
+            *o = self.to_f32(sum);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -56,8 +56,9 @@ pub(crate) fn round_scaled(neg: bool, mag: u128, exp: i32) -> Option<f32> {
 /// `window` whose top bit (bit 127) is set: the 104 bits below the kept 24
 /// are rounded away with constant shifts, no searching or variable shifts.
 ///
-/// The exact accumulator's path; subnormal results take the general route.
-#[inline]
+/// The exact accumulator's former path, now the reference its fast path is
+/// tested against; subnormal results take the general route.
+#[cfg(test)]
 pub(crate) fn round_normalized(neg: bool, window: u128, exp: i32) -> Option<f32> {
     let q = exp + 104; // exponent of the last kept bit
     if q < F32_MIN_EXP {

@@ -278,6 +278,24 @@ impl RelaxStrategy for Yield {
     }
 }
 
+/// Most unit gradient buffers a worker keeps before adding them to its
+/// accumulator (associative mode).
+const MAX_UNIT_BUFFERS: usize = 8;
+/// Most workers one hierarchy runs (stack arrays in the reduction phase).
+pub const MAX_THREADS: usize = 64;
+const MAX_PENDING: usize = MAX_THREADS * MAX_UNIT_BUFFERS;
+/// Unit buffers per worker stay within this many bytes.
+const UNIT_BUFFER_BYTES: usize = 64 << 20;
+
+/// How many unit gradients a worker buffers: enough for its share of the
+/// step when that is cheap, so wide accumulator cells are touched once per
+/// step, and at least one.
+fn unit_buffers_per_worker(units: usize, threads: usize, params: usize) -> usize {
+    let share = units.div_ceil(threads.max(1));
+    let fit = UNIT_BUFFER_BYTES / (params.max(1) * std::mem::size_of::<f32>());
+    share.min(fit).clamp(1, MAX_UNIT_BUFFERS)
+}
+
 struct Shared<A: Accumulator, K> {
     model: GptConfig,
     cfg: ExecConfig,
@@ -298,6 +316,12 @@ struct Shared<A: Accumulator, K> {
     slots: Vec<Buf<f32>>,
     /// Associative mode: one accumulator per worker.
     accs: Vec<Buf<A::Cell>>,
+    /// Associative mode: unit gradient buffers per worker (`slots[id·k..]`).
+    per_worker: usize,
+    /// Associative mode, per worker: unit buffers not yet added to its
+    /// accumulator, and whether the accumulator holds anything this step.
+    pending: Buf<usize>,
+    flushed: Buf<bool>,
     seg_norms: Buf<f64>,
     unit_losses: Buf<f32>,
     eval_losses: Buf<f32>,
@@ -393,6 +417,12 @@ where
                 cfg.threads, cfg.units, cfg.micro_batch, cfg.seq_len
             ));
         }
+        if cfg.threads > MAX_THREADS {
+            return bad(format!(
+                "{} threads requested, at most {MAX_THREADS}",
+                cfg.threads
+            ));
+        }
         if cfg.seq_len > model.n_positions {
             return bad(format!(
                 "seq-len {} exceeds the model context {}",
@@ -408,8 +438,9 @@ where
         }
         let t = cfg.threads;
         let depth = cfg.shape.depth() as usize;
+        let per_worker = unit_buffers_per_worker(cfg.units, t, p);
         let slots = if A::ASSOCIATIVE {
-            t
+            t * per_worker
         } else {
             FoldPlan::buffers_for(depth as u32, t)
         };
@@ -432,6 +463,9 @@ where
             slots: (0..slots).map(|_| Buf::new(p, || 0.0)).collect(),
             accs: (0..accs).map(|_| Buf::new(p, || acc.zero_cell())).collect(),
             seg_norms: Buf::new(segments.count(), || 0.0),
+            per_worker,
+            pending: Buf::new(t, || 0usize),
+            flushed: Buf::new(t, || false),
             unit_losses: Buf::new(cfg.units, || 0.0),
             eval_losses: Buf::new(eval_units, || 0.0),
             ctl: UnsafeCell::new(Control {
@@ -1065,35 +1099,77 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         let inv_units = 1.0 / self.cfg.units as f32;
         let units = self.leaf_span_units(leaves);
         if A::ASSOCIATIVE {
-            // SAFETY: accs[id] and slots[id] belong to worker id in this phase.
+            // Unit gradients wait in this worker's buffers and are added to
+            // its accumulator K at a time (one pass over the wide cells per
+            // K units); whatever is pending at the end is summed straight
+            // into the rounded result, segment by segment.
+            let k = self.per_worker;
+            let mine = id * k..(id + 1) * k;
+            // SAFETY: accs[id], slots[mine], pending[id] and flushed[id]
+            // belong to worker id in this phase.
             let my_acc = unsafe { self.accs[id].all_mut() };
-            self.acc.zero(my_acc);
+            let (mut pending, mut flushed) = (0usize, false);
             while let Some(u) = self.claim(id) {
-                self.run_unit(id, step, u, id, local)?;
-                let g = unsafe { self.slots[id].all() };
-                self.acc
-                    .add(my_acc, g)
-                    .map_err(|e| self.fail(ExecError::Accumulate(e)))?;
+                self.run_unit(id, step, u, mine.start + pending, local)?;
+                pending += 1;
+                if pending == k {
+                    let mut bufs: [&[f32]; MAX_UNIT_BUFFERS] = [&[]; MAX_UNIT_BUFFERS];
+                    for (j, b) in bufs.iter_mut().take(k).enumerate() {
+                        *b = unsafe { self.slots[mine.start + j].all() };
+                    }
+                    let r = if flushed {
+                        self.acc.add_many(my_acc, &bufs[..k])
+                    } else {
+                        self.acc.assign_many(my_acc, &bufs[..k])
+                    };
+                    r.map_err(|e| self.fail(ExecError::Accumulate(e)))?;
+                    (pending, flushed) = (0, true);
+                }
+            }
+            unsafe {
+                self.pending.get_mut(id..id + 1)[0] = pending;
+                self.flushed.get_mut(id..id + 1)[0] = flushed;
             }
             self.wait()?;
+            // SAFETY: written by their owners before the barrier.
+            let (pend, done) = unsafe { (self.pending.all(), self.flushed.all()) };
             for s in self.segments.owned(id, t) {
                 let r = self.segments.range(s);
-                // SAFETY: segment s belongs to worker id in this phase; other
-                // accumulators are only read.
-                let dst = unsafe { self.accs[0].get_mut(r.clone()) };
-                for k in 1..t {
-                    let src = unsafe { self.accs[k].get(r.clone()) };
-                    self.acc
-                        .merge(dst, src)
-                        .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
+                let fail = |e: AccError| self.fail(ExecError::Accumulate(e.offset(r.start)));
+                // SAFETY: segment s of every buffer belongs to worker id in
+                // this phase (accs[0] is written only in partial mode).
+                let mut xs: [&[f32]; MAX_PENDING] = [&[]; MAX_PENDING];
+                let mut nx = 0;
+                for w in 0..t {
+                    for j in 0..pend[w] {
+                        xs[nx] = unsafe { self.slots[w * k + j].get(r.clone()) };
+                        nx += 1;
+                    }
                 }
                 if partial {
+                    // Leave the merged cells in accs[0] for the caller.
+                    let dst = unsafe { self.accs[0].get_mut(r.clone()) };
+                    if done[0] {
+                        self.acc.add_many(dst, &xs[..nx]).map_err(fail)?;
+                    } else {
+                        self.acc.assign_many(dst, &xs[..nx]).map_err(fail)?;
+                    }
+                    for w in (1..t).filter(|&w| done[w]) {
+                        let src = unsafe { self.accs[w].get(r.clone()) };
+                        self.acc.merge(dst, src).map_err(fail)?;
+                    }
                     continue;
+                }
+                let mut cells: [&[A::Cell]; MAX_THREADS] = [&[]; MAX_THREADS];
+                let mut nc = 0;
+                for w in (0..t).filter(|&w| done[w]) {
+                    cells[nc] = unsafe { self.accs[w].get(r.clone()) };
+                    nc += 1;
                 }
                 let g = unsafe { self.grads.get_mut(r.clone()) };
                 self.acc
-                    .round(dst, g)
-                    .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
+                    .sum_round(&cells[..nc], &xs[..nx], g)
+                    .map_err(fail)?;
                 self.finish_segment(s, g, inv_units);
             }
         } else {

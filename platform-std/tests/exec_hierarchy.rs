@@ -291,7 +291,35 @@ fn gradient_memory_does_not_grow_with_the_tree() {
         c,
     )
     .unwrap();
-    assert_eq!(h.gradient_buffers(), 2 + 2);
+    // Associative: per worker one accumulator plus its share of unit
+    // buffers (6 units each here), whatever the depth.
+    assert_eq!(h.gradient_buffers(), 2 * (1 + 6));
+    let flat = cfg(0, 12, 2, 12);
+    let h0 = Hierarchy::new(
+        MODEL,
+        params(),
+        FixedAcc::default(),
+        Portable,
+        Arc::new(Hashed),
+        flat,
+    )
+    .unwrap();
+    assert_eq!(h0.gradient_buffers(), h.gradient_buffers());
+}
+
+#[test]
+fn exact_is_identical_for_every_shape_and_thread_count() {
+    use cllm_core::accumulate::ExactAcc;
+    let want = bits(&sequential(&ExactAcc, Shape::new(0, 1).unwrap(), 13, 2));
+    for (d, b) in [(0u32, 12u32), (1, 12), (2, 3), (3, 2), (1, 1)] {
+        for threads in [1usize, 2, 3, 4] {
+            let got = bits(&parallel(&ExactAcc, cfg(d, b, threads, 13), 2));
+            assert!(
+                got == want,
+                "exact depth {d} branching {b} threads {threads}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -1140,8 +1140,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 // this phase (accs[0] is written only in partial mode).
                 let mut xs: [&[f32]; MAX_PENDING] = [&[]; MAX_PENDING];
                 let mut nx = 0;
-                for w in 0..t {
-                    for j in 0..pend[w] {
+                for (w, &n) in pend.iter().enumerate() {
+                    for j in 0..n {
                         xs[nx] = unsafe { self.slots[w * k + j].get(r.clone()) };
                         nx += 1;
                     }

@@ -1110,8 +1110,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             let my_acc = unsafe { self.accs[id].all_mut() };
             let (mut pending, mut flushed) = (0usize, false);
             while let Some(u) = self.claim(id) {
-                self.run_unit(id, step, u, mine.start + pending, local)?;
-                pending += 1;
+                // Flush only when a new unit needs a buffer, so a worker
+                // whose share fits its buffers never touches its cells.
                 if pending == k {
                     let mut bufs: [&[f32]; MAX_UNIT_BUFFERS] = [&[]; MAX_UNIT_BUFFERS];
                     for (j, b) in bufs.iter_mut().take(k).enumerate() {
@@ -1125,6 +1125,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                     r.map_err(|e| self.fail(ExecError::Accumulate(e)))?;
                     (pending, flushed) = (0, true);
                 }
+                self.run_unit(id, step, u, mine.start + pending, local)?;
+                pending += 1;
             }
             unsafe {
                 self.pending.get_mut(id..id + 1)[0] = pending;

@@ -335,6 +335,9 @@ struct Shared<A: Accumulator, K> {
     error: Mutex<Option<ExecError>>,
     retried: AtomicUsize,
     stolen: AtomicUsize,
+    /// Benchmark knob (`CLLM_NO_STEAL=1`): workers run only their own
+    /// units, to measure what stealing gains when one thread is slowed.
+    no_steal: bool,
     injected: AtomicUsize,
 }
 
@@ -481,6 +484,7 @@ where
             error: Mutex::new(None),
             retried: AtomicUsize::new(0),
             stolen: AtomicUsize::new(0),
+            no_steal: std::env::var_os("CLLM_NO_STEAL").is_some_and(|v| v == "1"),
             injected: AtomicUsize::new(0),
             model,
             cfg,
@@ -1069,7 +1073,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         let t = self.cfg.threads;
         // SAFETY: `owned` is only written while the workers are parked.
         let owned = unsafe { self.owned.all() };
-        for k in 0..t {
+        let victims = if self.no_steal { 1 } else { t };
+        for k in 0..victims {
             let v = (id + k) % t;
             let end = owned[v + 1];
             if self.cursors[v].load(Ordering::Relaxed) >= end {

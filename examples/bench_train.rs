@@ -58,6 +58,7 @@ struct Args {
     accumulators: Vec<String>,
     kernels: Vec<String>,
     data: String,
+    pin: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
@@ -83,6 +84,7 @@ fn parse() -> Result<Args, String> {
             "{}/../shared/data/tinyshakespeare/input.txt",
             env!("CARGO_MANIFEST_DIR")
         ),
+        pin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,8 +100,9 @@ fn parse() -> Result<Args, String> {
             "--accumulator" => a.accumulators = list(&val()?, "accumulator")?,
             "--kernels" => a.kernels = list(&val()?, "kernels")?,
             "--data" => a.data = val()?,
+            "--pin" => a.pin = true,
             "--help" | "-h" => {
-                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch M --accumulator f32,fixed,exact --kernels auto,portable --data FILE");
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch M --accumulator f32,fixed,exact --kernels auto,portable --data FILE --pin (worker i on core i)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
@@ -174,7 +177,7 @@ where
         units,
         micro_batch: mb,
         seq_len: seq,
-        pin_threads: false,
+        pin_threads: args.pin,
         max_retries: 0,
     };
     let mut h =

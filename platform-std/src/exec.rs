@@ -451,10 +451,9 @@ where
         let segments = Segments::new(p);
         let owned = Buf::new(t + 1, || 0usize);
 
-        let mut param_buf = Buf::new(p, || 0.0f32);
+        let param_buf = Buf::new(p, || 0.0f32);
         // SAFETY: no worker exists yet.
         unsafe { param_buf.all_mut() }.copy_from_slice(&params);
-        let _ = &mut param_buf;
         let eval_units = source.eval_units();
         let shared = Arc::new(Shared {
             segments,

@@ -120,6 +120,13 @@ pub(crate) fn causal_softmax_row<R: Real, K: Kernels<R>>(k: &K, row: &mut [R], t
 /// Causal multi-head self-attention. `qkv` is `[BT, 3C]` with `[q | k | v]`
 /// per token (head `h` uses columns `h·hd..(h+1)·hd` of each third); writes
 /// the probabilities `att` `[B, H, T, T]` and the output `atty` `[BT, C]`.
+///
+/// Every product is one `gemm` per block of [`ATT_ROW_BLOCK`] rows (or
+/// columns) that stops at the block's diagonal edge, instead of one call per
+/// token: the masked entries inside a block are exact zeros, and a chain
+/// that adds `0·v` after (or starts with `0·q` before) its live terms gives
+/// the same bits as one that skips them, so this equals the token-at-a-time
+/// KV-cache path bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
     k: &K,
@@ -138,10 +145,9 @@ pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
             let p = &mut att[(bi * nh + h) * t * t..][..t * t];
             let q0 = bi * t * c3 + h * hd;
             let (k0, v0) = (q0 + c, q0 + 2 * c);
+            let y0 = bi * t * c + h * hd;
             // S = Q·Kᵀ, only the column blocks at or left of the diagonal.
-            let mut i0 = 0;
-            while i0 < t {
-                let i1 = (i0 + ATT_ROW_BLOCK).min(t);
+            for (i0, i1) in row_blocks(t) {
                 k.gemm(
                     i1 - i0,
                     hd,
@@ -157,18 +163,37 @@ pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
                     1,
                     false,
                 );
-                i0 = i1;
             }
             for ti in 0..t {
-                let row = &mut p[ti * t..(ti + 1) * t];
-                causal_softmax_row(k, row, ti, scale);
-                // y_t = Σ_{s≤t} P[t,s]·v_s, over the live prefix only, so
-                // masked positions do not even add zeros.
-                let y = &mut atty[(bi * t + ti) * c + h * hd..];
-                k.gemm(1, ti + 1, hd, row, t, 1, &qkv[v0..], c3, 1, y, c, 1, false);
+                causal_softmax_row(k, &mut p[ti * t..(ti + 1) * t], ti, scale);
+            }
+            // Y = P·V over each block's live columns.
+            for (i0, i1) in row_blocks(t) {
+                k.gemm(
+                    i1 - i0,
+                    i1,
+                    hd,
+                    &p[i0 * t..],
+                    t,
+                    1,
+                    &qkv[v0..],
+                    c3,
+                    1,
+                    &mut atty[y0 + i0 * c..],
+                    c,
+                    1,
+                    false,
+                );
             }
         }
     }
+}
+
+/// `(start, end)` of each block of [`ATT_ROW_BLOCK`] rows of a `t`-row matrix.
+fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(ATT_ROW_BLOCK)
+        .map(move |i0| (i0, (i0 + ATT_ROW_BLOCK).min(t)))
 }
 
 /// Backward of [`attention_forward`]: writes `dqkv` `[BT, 3C]` (every element
@@ -188,16 +213,15 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
 ) {
     let (hd, c3) = (c / nh, 3 * c);
     let scale = attn_scale::<R>(hd);
+    let dpre = &mut dpre[..t * t];
     for bi in 0..b {
         for h in 0..nh {
             let p = &att[(bi * nh + h) * t * t..][..t * t];
             let q0 = bi * t * c3 + h * hd;
             let (k0, v0) = (q0 + c, q0 + 2 * c);
             let y0 = bi * t * c + h * hd;
-            // dP[t,s] = dy_t · v_s, for s ≤ t.
-            let mut i0 = 0;
-            while i0 < t {
-                let i1 = (i0 + ATT_ROW_BLOCK).min(t);
+            // dP[t,s] = dy_t · v_s, for s ≤ t (and up to the block edge).
+            for (i0, i1) in row_blocks(t) {
                 k.gemm(
                     i1 - i0,
                     hd,
@@ -213,12 +237,12 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
                     1,
                     false,
                 );
-                i0 = i1;
             }
-            // Softmax backward, then the score scale: dS = P ∘ (dP − ⟨P, dP⟩)·scale.
+            // Softmax backward, then the score scale: dS = P ∘ (dP − ⟨P, dP⟩)·scale,
+            // exact zeros above the diagonal (the products below read them).
             for ti in 0..t {
                 let pr = &p[ti * t..ti * t + ti + 1];
-                let dr = &mut dpre[ti * t..ti * t + ti + 1];
+                let (dr, masked) = dpre[ti * t..(ti + 1) * t].split_at_mut(ti + 1);
                 let mut dot = R::ZERO;
                 for (&pv, &dv) in pr.iter().zip(dr.iter()) {
                     dot += pv * dv;
@@ -226,58 +250,55 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
                 for (d, &pv) in dr.iter_mut().zip(pr) {
                     *d = pv * (*d - dot) * scale;
                 }
+                masked.fill(R::ZERO);
             }
             // dq_t = Σ_{s≤t} dS[t,s]·k_s.
-            for ti in 0..t {
-                let dq = &mut dqkv[q0 + ti * c3..];
+            for (i0, i1) in row_blocks(t) {
                 k.gemm(
-                    1,
-                    ti + 1,
+                    i1 - i0,
+                    i1,
                     hd,
-                    &dpre[ti * t..],
+                    &dpre[i0 * t..],
                     t,
                     1,
                     &qkv[k0..],
                     c3,
                     1,
-                    dq,
+                    &mut dqkv[q0 + i0 * c3..],
                     c3,
                     1,
                     false,
                 );
             }
-            // dk_s = Σ_{t≥s} dS[t,s]·q_t and dv_s = Σ_{t≥s} P[t,s]·dy_t: column
-            // s of dS (or P) from the diagonal down, read with stride T.
-            for s in 0..t {
-                let n = t - s;
-                let dk = &mut dqkv[k0 + s * c3..];
+            // dk_s = Σ_{t≥s} dS[t,s]·q_t and dv_s = Σ_{t≥s} P[t,s]·dy_t: for a
+            // block of columns s, dSᵀ (or Pᵀ) from the block's first row down.
+            for (j0, j1) in row_blocks(t) {
                 k.gemm(
-                    1,
-                    n,
+                    j1 - j0,
+                    t - j0,
                     hd,
-                    &dpre[s * t + s..],
+                    &dpre[j0 * t + j0..],
+                    1,
                     t,
-                    t,
-                    &qkv[q0 + s * c3..],
+                    &qkv[q0 + j0 * c3..],
                     c3,
                     1,
-                    dk,
+                    &mut dqkv[k0 + j0 * c3..],
                     c3,
                     1,
                     false,
                 );
-                let dv = &mut dqkv[v0 + s * c3..];
                 k.gemm(
-                    1,
-                    n,
+                    j1 - j0,
+                    t - j0,
                     hd,
-                    &p[s * t + s..],
+                    &p[j0 * t + j0..],
+                    1,
                     t,
-                    t,
-                    &datty[y0 + s * c..],
+                    &datty[y0 + j0 * c..],
                     c,
                     1,
-                    dv,
+                    &mut dqkv[v0 + j0 * c3..],
                     c3,
                     1,
                     false,

@@ -347,9 +347,17 @@ unsafe fn pack_b<K: MicroKernel>(
             for p in 0..kc {
                 let src = b.add(p * rsb + jr);
                 let d = dst.add(p * K::NR);
-                std::ptr::copy_nonoverlapping(src, d, nr);
-                for j in nr..K::NR {
-                    *d.add(j) = 0.0;
+                if nr == K::NR {
+                    // A constant-length copy compiles to vector moves; a
+                    // variable one is a libc memcpy call per row.
+                    for j in 0..K::NR {
+                        *d.add(j) = *src.add(j);
+                    }
+                } else {
+                    std::ptr::copy_nonoverlapping(src, d, nr);
+                    for j in nr..K::NR {
+                        *d.add(j) = 0.0;
+                    }
                 }
             }
         } else if rsb == 1 {
@@ -389,9 +397,15 @@ unsafe fn pack_a<K: MicroKernel>(
     if rsa == 1 {
         for p in 0..kc {
             let d = out.add(p * K::MR);
-            std::ptr::copy_nonoverlapping(a.add(p * csa), d, mr);
-            for i in mr..K::MR {
-                *d.add(i) = 0.0;
+            if mr == K::MR {
+                for i in 0..K::MR {
+                    *d.add(i) = *a.add(p * csa + i);
+                }
+            } else {
+                std::ptr::copy_nonoverlapping(a.add(p * csa), d, mr);
+                for i in mr..K::MR {
+                    *d.add(i) = 0.0;
+                }
             }
         }
     } else {

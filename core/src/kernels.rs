@@ -23,6 +23,27 @@ pub mod gemm;
 
 use crate::real::Real;
 
+/// One AdamW step's constants for a run of parameters ([`Kernels::adamw`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// This step's learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Added to `√v̂`.
+    pub eps: f32,
+    /// Decoupled weight decay of this run (0 for biases, LayerNorm, wpe).
+    pub weight_decay: f32,
+    /// `1 − β1^t`.
+    pub bias_correction1: f32,
+    /// `1 − β2^t`.
+    pub bias_correction2: f32,
+    /// Multiplies every gradient (the clipping factor; 1 for none).
+    pub grad_scale: f32,
+}
+
 /// GELU's `sqrt(2/π)`.
 const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
 /// GELU's cubic coefficient.
@@ -251,6 +272,66 @@ pub trait Kernels<R: Real>: Sync {
             sum += (v - max).exp();
         }
         max + sum.ln()
+    }
+
+    /// Cross-entropy backward for one row of logits, in place, for
+    /// `d(mean loss) = 1`: `row[i] = exp(row[i] − lse)·inv_n`, then
+    /// `row[target] −= inv_n` (`lse` is the row's log-sum-exp, `inv_n` is
+    /// 1/positions).
+    ///
+    /// # Panics
+    /// If `target` is outside the row.
+    fn crossentropy_backward_row(&self, row: &mut [R], lse: R, target: usize, inv_n: R) {
+        assert!(
+            target < row.len(),
+            "crossentropy_backward_row: target {target} outside a row of {}",
+            row.len()
+        );
+        for x in row.iter_mut() {
+            *x = (*x - lse).exp() * inv_n;
+        }
+        row[target] -= inv_n;
+    }
+
+    /// One AdamW step over a run of parameters that share one weight-decay
+    /// rule: with `g = grad·grad_scale`,
+    /// `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g²`,
+    /// `p ← p − lr·(m̂/(√v̂ + ε) + wd·p)`, `m̂ = m/bc1`, `v̂ = v/bc2`.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn adamw(&self, params: &mut [R], grads: &[R], m: &mut [R], v: &mut [R], c: &AdamWStep) {
+        assert!(
+            grads.len() == params.len() && m.len() == params.len() && v.len() == params.len(),
+            "adamw: lengths {} {} {} {}",
+            params.len(),
+            grads.len(),
+            m.len(),
+            v.len()
+        );
+        let f = |x: f32| R::from_f64(x as f64);
+        let (b1, b2, scale) = (f(c.beta1), f(c.beta2), f(c.grad_scale));
+        let (ob1, ob2) = (R::ONE - b1, R::ONE - b2);
+        let (bc1, bc2, lr, eps, wd) = (
+            f(c.bias_correction1),
+            f(c.bias_correction2),
+            f(c.lr),
+            f(c.eps),
+            f(c.weight_decay),
+        );
+        for (((p, &g), m), v) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+        {
+            let g = g * scale;
+            *m = b1 * *m + ob1 * g;
+            *v = b2 * *v + ob2 * g * g;
+            let mhat = *m / bc1;
+            let vhat = *v / bc2;
+            *p -= lr * (mhat / (vhat.sqrt() + eps) + wd * *p);
+        }
     }
 
     /// `out[i] = a[i] + b[i]` (the residual connection).

@@ -17,6 +17,7 @@
 use core::fmt;
 use core::ops::Range;
 
+use crate::kernels::{AdamWStep, Kernels, Portable};
 use crate::model::GptConfig;
 
 /// An optimizer call that cannot run.
@@ -164,10 +165,34 @@ impl AdamW {
     /// Updates the parameters in global `range` (`params`, `grads`, `m`, `v`
     /// are the sub-slices for that range). `step` is 1-based; `lr` is this
     /// step's learning rate; `grad_scale` multiplies every gradient (the
-    /// clipping factor, 1 for none).
+    /// clipping factor, 1 for none). Uses the portable kernel; see
+    /// [`AdamW::update_segment_with`].
     #[allow(clippy::too_many_arguments)]
     pub fn update_segment(
         &self,
+        cfg: &GptConfig,
+        range: Range<usize>,
+        params: &mut [f32],
+        grads: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        step: u64,
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<(), OptimError> {
+        self.update_segment_with(
+            &Portable, cfg, range, params, grads, m, v, step, lr, grad_scale,
+        )
+    }
+
+    /// [`AdamW::update_segment`] with the element loop of kernels `k`
+    /// ([`Kernels::adamw`], called once per run of one weight-decay rule).
+    /// The result depends on `k` but not on how the parameters are cut into
+    /// segments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_segment_with<K: Kernels<f32>>(
+        &self,
+        k: &K,
         cfg: &GptConfig,
         range: Range<usize>,
         params: &mut [f32],
@@ -194,24 +219,25 @@ impl AdamW {
         // Bias corrections in f64 (libm, exact integer exponent) rounded once:
         // identical for every segment of the same step.
         let t = step.min(i32::MAX as u64) as i32;
-        let bc1 = (1.0 - libm::pow(self.beta1 as f64, t as f64)) as f32;
-        let bc2 = (1.0 - libm::pow(self.beta2 as f64, t as f64)) as f32;
-        let (b1, b2) = (self.beta1, self.beta2);
+        let mut c = AdamWStep {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: 0.0,
+            bias_correction1: (1.0 - libm::pow(self.beta1 as f64, t as f64)) as f32,
+            bias_correction2: (1.0 - libm::pow(self.beta2 as f64, t as f64)) as f32,
+            grad_scale,
+        };
         for_each_piece(cfg, &range, |r, decay| {
-            let wd = if decay { self.weight_decay } else { 0.0 };
-            let it = params[r.clone()]
-                .iter_mut()
-                .zip(&grads[r.clone()])
-                .zip(&mut m[r.clone()])
-                .zip(&mut v[r]);
-            for (((p, &g), m), v) in it {
-                let g = g * grad_scale;
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let mhat = *m / bc1;
-                let vhat = *v / bc2;
-                *p -= lr * (mhat / (libm::sqrtf(vhat) + self.eps) + wd * *p);
-            }
+            c.weight_decay = if decay { self.weight_decay } else { 0.0 };
+            k.adamw(
+                &mut params[r.clone()],
+                &grads[r.clone()],
+                &mut m[r.clone()],
+                &mut v[r],
+                &c,
+            );
         });
         Ok(())
     }

@@ -1279,9 +1279,18 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 m
             };
             match up.optimizer {
-                Optimizer::AdamW(o) => {
-                    o.update_segment(&self.model, r.clone(), p, g, m, v, up.t, up.lr, scale)
-                }
+                Optimizer::AdamW(o) => o.update_segment_with(
+                    &self.kernels,
+                    &self.model,
+                    r.clone(),
+                    p,
+                    g,
+                    m,
+                    v,
+                    up.t,
+                    up.lr,
+                    scale,
+                ),
                 Optimizer::Sgd(o) => {
                     o.update_segment(&self.model, r.clone(), p, g, m, up.lr, scale)
                 }

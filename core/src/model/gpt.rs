@@ -203,7 +203,7 @@ pub fn backward<R: Real, K: Kernels<R>>(
     w.flag[0] = R::ZERO;
 
     // loss → logits → ln_f output, wte (tied head).
-    crossentropy_backward(w.logits, w.lse, targets, v);
+    crossentropy_backward(k, w.logits, w.lse, targets, v);
     let x = last_output(&sizes, w.layers);
     k.layernorm_forward(w.s_ln, w.lnf_mean, w.lnf_rstd, x, p.lnf_w, p.lnf_b, eps);
     let dlnf = &mut w.s_a[..bt * c];

@@ -329,7 +329,8 @@ pub(crate) fn crossentropy_forward<R: Real, K: Kernels<R>>(
 
 /// Backward of [`crossentropy_forward`] for `d(mean loss) = 1`, in place:
 /// row `i` of `logits` becomes `(softmax(logits_i) − onehot(target_i)) / N`.
-pub(crate) fn crossentropy_backward<R: Real>(
+pub(crate) fn crossentropy_backward<R: Real, K: Kernels<R>>(
+    k: &K,
     logits: &mut [R],
     lse: &[R],
     targets: &[u32],
@@ -337,9 +338,6 @@ pub(crate) fn crossentropy_backward<R: Real>(
 ) {
     let inv_n = R::ONE / R::from_usize(targets.len());
     for ((row, &l), &tg) in logits.chunks_exact_mut(v).zip(lse).zip(targets) {
-        for x in row.iter_mut() {
-            *x = (*x - l).exp() * inv_n;
-        }
-        row[tg as usize] -= inv_n;
+        k.crossentropy_backward_row(row, l, tg as usize, inv_n);
     }
 }

@@ -36,6 +36,14 @@ pub(super) fn exp(isa: Isa, out: &mut [f32], inp: &[f32]) {
     dispatch!(isa, exp(out, inp))
 }
 
+pub(super) fn logsumexp(isa: Isa, inp: &[f32]) -> f32 {
+    dispatch!(isa, logsumexp(inp))
+}
+
+pub(super) fn exp_shift_scale(isa: Isa, row: &mut [f32], shift: f32, scale: f32) {
+    dispatch!(isa, exp_shift_scale(row, shift, scale))
+}
+
 pub(super) fn gelu_forward(isa: Isa, out: &mut [f32], inp: &[f32]) {
     assert_eq!(out.len(), inp.len(), "gelu_forward: length mismatch");
     dispatch!(isa, gelu_forward(out, inp))

@@ -265,6 +265,19 @@ impl SimdKernels {
         }
     }
 
+    /// `ln Σ exp(inp[i])`, max subtracted first.
+    pub fn logsumexp(&self, inp: &[f32]) -> f32 {
+        if inp.is_empty() {
+            return f32::NEG_INFINITY;
+        }
+        elementwise::logsumexp(self.isa, inp)
+    }
+
+    /// `row[i] = exp(row[i] − shift)·scale`.
+    pub fn exp_shift_scale(&self, row: &mut [f32], shift: f32, scale: f32) {
+        elementwise::exp_shift_scale(self.isa, row, shift, scale)
+    }
+
     /// One AdamW step over a slice of parameters (see [`AdamW`]).
     pub fn adamw(
         &self,

@@ -1,9 +1,11 @@
 //! `SimdKernels` plugged into the core's kernel seam.
 //!
 //! Only what measurably pays is overridden (GEMM, GELU, LayerNorm, row
-//! softmax); everything else keeps the core's portable defaults.
+//! softmax, log-sum-exp and the cross-entropy gradient, AdamW); everything else keeps the core's portable defaults.
 
-use cllm_core::kernels::Kernels;
+use cllm_core::kernels::{AdamWStep, Kernels};
+
+use super::AdamW;
 
 use super::SimdKernels;
 
@@ -81,5 +83,40 @@ impl Kernels<f32> for SimdKernels {
         let tmp = &mut tmp[..row.len()];
         tmp.copy_from_slice(row);
         SimdKernels::softmax_row(self, row, tmp)
+    }
+
+    fn logsumexp(&self, row: &[f32]) -> f32 {
+        SimdKernels::logsumexp(self, row)
+    }
+
+    fn crossentropy_backward_row(&self, row: &mut [f32], lse: f32, target: usize, inv_n: f32) {
+        assert!(
+            target < row.len(),
+            "crossentropy_backward_row: target {target} outside a row of {}",
+            row.len()
+        );
+        SimdKernels::exp_shift_scale(self, row, lse, inv_n);
+        row[target] -= inv_n;
+    }
+
+    fn adamw(
+        &self,
+        params: &mut [f32],
+        grads: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        c: &AdamWStep,
+    ) {
+        let hp = AdamW {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            bias_correction1: c.bias_correction1,
+            bias_correction2: c.bias_correction2,
+            grad_scale: c.grad_scale,
+        };
+        SimdKernels::adamw(self, params, grads, m, v, &hp)
     }
 }

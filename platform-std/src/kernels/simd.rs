@@ -412,6 +412,59 @@ pub(crate) unsafe fn layernorm_backward<V: Vf32>(
     }
 }
 
+/// `ln Σ exp(x[i])` (max subtracted first); `-∞`/`+∞`/NaN maxima are
+/// returned as they are, like the portable kernel.
+///
+/// # Safety
+/// ISA supported.
+#[inline(always)]
+pub(crate) unsafe fn logsumexp<V: Vf32>(inp: &[f32]) -> f32 {
+    let n = inp.len();
+    let x = inp.as_ptr();
+    let mut mx = V::splat(f32::NEG_INFINITY);
+    map::<V>(
+        n,
+        #[inline(always)]
+        |i, part| mx = mx.max(ld(x.add(i), part, f32::NEG_INFINITY)),
+    );
+    let m = mx.reduce_max();
+    if !m.is_finite() {
+        // Also catches a NaN anywhere: `max` keeps the NaN operand.
+        return if inp.iter().any(|v| v.is_nan()) {
+            f32::NAN
+        } else {
+            m
+        };
+    }
+    let mv = V::splat(m);
+    // Padding lanes load -∞, whose exp is exactly 0.
+    let sum = row_sum::<V>(
+        n,
+        #[inline(always)]
+        |i, part| exp_v(ld::<V>(x.add(i), part, f32::NEG_INFINITY).sub(mv)),
+    );
+    m + sum.ln()
+}
+
+/// `row[i] = exp(row[i] − lse)·inv_n` (the caller then subtracts `inv_n` at
+/// the target).
+///
+/// # Safety
+/// ISA supported.
+#[inline(always)]
+pub(crate) unsafe fn exp_shift_scale<V: Vf32>(row: &mut [f32], shift: f32, scale: f32) {
+    let o = row.as_mut_ptr();
+    let (sv, cv) = (V::splat(shift), V::splat(scale));
+    map::<V>(
+        row.len(),
+        #[inline(always)]
+        |i, part| {
+            let e = exp_v(ld::<V>(o.add(i), part, 0.0).sub(sv)).mul(cv);
+            st(e, o.add(i), part)
+        },
+    );
+}
+
 /// # Safety
 /// ISA supported; `out.len() == inp.len()` (checked by the caller).
 #[inline(always)]
@@ -458,6 +511,8 @@ pub struct AdamW {
     pub bias_correction1: f32,
     /// `1 - beta2^t`.
     pub bias_correction2: f32,
+    /// Multiplies every gradient (the clipping factor; 1 for none).
+    pub grad_scale: f32,
 }
 
 impl AdamW {
@@ -472,11 +527,12 @@ impl AdamW {
             weight_decay,
             bias_correction1: 1.0 - beta1.powi(t),
             bias_correction2: 1.0 - beta2.powi(t),
+            grad_scale: 1.0,
         }
     }
 }
 
-/// `m ← β1·m + (1-β1)·g`, `v ← β2·v + (1-β2)·g²`,
+/// With `g = grad·grad_scale`: `m ← β1·m + (1-β1)·g`, `v ← β2·v + (1-β2)·g²`,
 /// `p ← p − lr·(m̂/(√v̂ + ε) + wd·p)` with `m̂ = m/bc1`, `v̂ = v/bc2`.
 ///
 /// # Safety
@@ -499,11 +555,12 @@ pub(crate) unsafe fn adamw<V: Vf32>(
     let (ob1, ob2) = (V::splat(1.0 - hp.beta1), V::splat(1.0 - hp.beta2));
     let (bc1, bc2) = (V::splat(hp.bias_correction1), V::splat(hp.bias_correction2));
     let (lr, eps, wd) = (V::splat(hp.lr), V::splat(hp.eps), V::splat(hp.weight_decay));
+    let scale = V::splat(hp.grad_scale);
     map::<V>(
         params.len(),
         #[inline(always)]
         |i, part| {
-            let gi = ld::<V>(g.add(i), part, 0.0);
+            let gi = ld::<V>(g.add(i), part, 0.0).mul(scale);
             let mi = b1.mul_add(ld(mp.add(i), part, 0.0), ob1.mul(gi));
             let vi = b2.mul_add(ld(vp.add(i), part, 0.0), ob2.mul(gi.mul(gi)));
             let pi = ld::<V>(p.add(i), part, 0.0);

@@ -274,6 +274,14 @@ macro_rules! entry_points {
                 simd::softmax_row::<$v>(out, inp)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn logsumexp(inp: &[f32]) -> f32 {
+                simd::logsumexp::<$v>(inp)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn exp_shift_scale(row: &mut [f32], shift: f32, scale: f32) {
+                simd::exp_shift_scale::<$v>(row, shift, scale)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn adamw(
                 params: &mut [f32],
                 grads: &[f32],

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput comparison that beats this machine's noise.
+
+Runs cllm's `bench_train` and PyTorch's `bench/pytorch_baseline.py`
+alternately for several rounds (so a slow patch of the machine hits both),
+then prints every round and the medians: cllm 1 and 2 threads, PyTorch 2
+threads, the ratio cllm/PyTorch and the 2-thread scaling.
+
+    cargo build --release --example bench_train
+    python3 bench/compare.py --config small --rounds 5 \
+        --torch-python /tmp/torchvenv/bin/python
+
+Without `--torch-python` only cllm runs (scaling only). Not used by tests.
+"""
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+
+ROW = re.compile(r"^\| [^|]+ \| (\w+) \| (\d+) \| (\d+) \| \d+ \| \S+ \| (\d+) \| ([\d.]+) \|.*\| ([\d.]+) \| ([\d.]+) \|$")
+TORCH = re.compile(r"tokens/s=(\d+).*peak_rss_mib=(\d+)")
+
+
+def cllm(args):
+    cmd = [args.bench, "--config", args.config, "--threads", "1,2", "--depth", "1",
+           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.micro_batch:
+        cmd += ["--micro-batch", str(args.micro_batch)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        m = ROW.match(line)
+        if m:
+            rows[int(m.group(2))] = (float(m.group(4)), float(m.group(6)))
+    if set(rows) != {1, 2}:
+        sys.exit(f"could not parse bench_train output:\n{out}")
+    return rows
+
+
+def torch(args):
+    cmd = [args.torch_python, "bench/pytorch_baseline.py", "--config", args.config,
+           "--threads", "2", "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    m = TORCH.search(out)
+    if not m:
+        sys.exit(f"could not parse pytorch_baseline output:\n{out}")
+    return float(m.group(1)), float(m.group(2))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="small", choices=["small", "medium"])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--micro-batch", type=int, default=0)
+    p.add_argument("--bench", default="target/release/examples/bench_train")
+    p.add_argument("--torch-python", default="")
+    args = p.parse_args()
+
+    c1, c2, t2 = [], [], []
+    for r in range(args.rounds):
+        if args.torch_python:
+            tok, rss = torch(args)
+            t2.append(tok)
+            print(f"round {r + 1}: pytorch 2 threads {tok:.0f} tok/s ({rss:.0f} MiB)", flush=True)
+        rows = cllm(args)
+        c1.append(rows[1][0])
+        c2.append(rows[2][0])
+        print(f"round {r + 1}: cllm 1 thread {rows[1][0]:.0f}, 2 threads {rows[2][0]:.0f} tok/s "
+              f"({rows[2][1]:.0f} MiB)", flush=True)
+    med = statistics.median
+    print(f"median cllm: 1 thread {med(c1):.0f}, 2 threads {med(c2):.0f} tok/s; "
+          f"scaling {med(c2) / med(c1):.2f}x (per round: "
+          + ", ".join(f"{b / a:.2f}" for a, b in zip(c1, c2)) + ")")
+    if t2:
+        print(f"median pytorch 2 threads {med(t2):.0f} tok/s; cllm/pytorch {med(c2) / med(t2):.2f}x "
+              "(per round: " + ", ".join(f"{b / a:.2f}" for a, b in zip(t2, c2)) + ")")
+
+
+if __name__ == "__main__":
+    main()

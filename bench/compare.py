@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 
-ROW = re.compile(r"^\| [^|]+ \| (\w+) \| (\d+) \| (\d+) \| \d+ \| \S+ \| (\d+) \| ([\d.]+) \|.*\| ([\d.]+) \| ([\d.]+) \|$")
 TORCH = re.compile(r"tokens/s=(\d+).*peak_rss_mib=(\d+)")
 
 
@@ -28,11 +27,15 @@ def cllm(args):
     if args.micro_batch:
         cmd += ["--micro-batch", str(args.micro_batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rows = {}
+    rows, header = {}, None
     for line in out.splitlines():
-        m = ROW.match(line)
-        if m:
-            rows[int(m.group(2))] = (float(m.group(4)), float(m.group(6)))
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if "tokens/s" in cells:
+            header = cells
+        elif header and len(cells) == len(header) and cells[0] != "---":
+            r = dict(zip(header, cells))
+            rows[int(r["threads"])] = (float(r["tokens/s"]), float(r["peak RSS MiB"]),
+                                       float(r["best-step tokens/s"]))
     if set(rows) != {1, 2}:
         sys.exit(f"could not parse bench_train output:\n{out}")
     return rows
@@ -59,7 +62,7 @@ def main():
     p.add_argument("--torch-python", default="")
     args = p.parse_args()
 
-    c1, c2, t2 = [], [], []
+    c1, c2, t2, b1, b2 = [], [], [], [], []
     for r in range(args.rounds):
         if args.torch_python:
             tok, rss = torch(args)
@@ -68,12 +71,16 @@ def main():
         rows = cllm(args)
         c1.append(rows[1][0])
         c2.append(rows[2][0])
+        b1.append(rows[1][2])
+        b2.append(rows[2][2])
         print(f"round {r + 1}: cllm 1 thread {rows[1][0]:.0f}, 2 threads {rows[2][0]:.0f} tok/s "
-              f"({rows[2][1]:.0f} MiB)", flush=True)
+              f"({rows[2][1]:.0f} MiB); best step {rows[1][2]:.0f} / {rows[2][2]:.0f}", flush=True)
     med = statistics.median
     print(f"median cllm: 1 thread {med(c1):.0f}, 2 threads {med(c2):.0f} tok/s; "
           f"scaling {med(c2) / med(c1):.2f}x (per round: "
           + ", ".join(f"{b / a:.2f}" for a, b in zip(c1, c2)) + ")")
+    print(f"best-step tokens/s (max over rounds): 1 thread {max(b1):.0f}, 2 threads {max(b2):.0f}; "
+          f"scaling {max(b2) / max(b1):.2f}x")
     if t2:
         print(f"median pytorch 2 threads {med(t2):.0f} tok/s; cllm/pytorch {med(c2) / med(t2):.2f}x "
               "(per round: " + ", ".join(f"{b / a:.2f}" for a, b in zip(t2, c2)) + ")")

@@ -24,14 +24,18 @@ pub(super) const KC: usize = 256;
 /// Columns per packed B block: KC×NC floats (512 KiB), a quarter of a 2 MiB
 /// L2, leaving room for the C tiles and A panels that stream past it.
 pub(super) const NC: usize = 512;
+/// Most rows for which full panels of a row-major B are read in place
+/// instead of packed (see [`drive`]).
+pub(super) const B_IN_PLACE_MAX_M: usize = 64;
 
 /// A register-blocked MR×NR micro-kernel over packed panels.
 pub(super) trait MicroKernel {
     const MR: usize;
     const NR: usize;
     /// `C[0..mr, 0..nr] (+)= A·B̃` over `kc` steps. Step `p` reads A at
-    /// `a + i*a_rs + p*a_cs` for `i < MR` and B at `b + p*NR + j` for
-    /// `j < NR`. Adds into C when `load_c`, overwrites it otherwise.
+    /// `a + i*a_rs + p*a_cs` for `i < MR` and B at `b + p*b_rs + j` for
+    /// `j < NR` (`b_rs = NR` for a packed panel). Adds into C when `load_c`,
+    /// overwrites it otherwise.
     ///
     /// # Safety
     /// The CPU supports the kernel's instruction set; the A and B reads above
@@ -44,6 +48,7 @@ pub(super) trait MicroKernel {
         a_rs: usize,
         a_cs: usize,
         b: *const f32,
+        b_rs: usize,
         c: *mut f32,
         rsc: usize,
         csc: usize,
@@ -281,19 +286,23 @@ pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
     // power of two (e.g. 384 or 1536 columns) they crowd into a few L1 sets
     // and evict each other on every sweep; packing is a contiguous copy.
     let a_in_place = g.csa == 1;
+    // A product with few rows (attention blocks, single-sequence units)
+    // reuses each B panel only a few times, so copying it costs about as
+    // much as the multiply: full panels of a row-major B are then read in
+    // place (row stride `rsb`), and only a partial last panel is packed.
+    let b_in_place = g.csb == 1 && g.m <= B_IN_PLACE_MAX_M;
     for jc in (0..g.n).step_by(NC) {
         let nc = (g.n - jc).min(NC);
+        let full = nc - nc % K::NR;
         for pc in (0..g.k).step_by(KC) {
             let kc = (g.k - pc).min(KC);
             let load_c = g.accumulate || pc > 0;
-            pack_b::<K>(
-                kc,
-                nc,
-                g.b.add(pc * g.rsb + jc * g.csb),
-                g.rsb,
-                g.csb,
-                bpack,
-            );
+            let b0 = g.b.add(pc * g.rsb + jc * g.csb);
+            if !b_in_place {
+                pack_b::<K>(kc, nc, b0, g.rsb, g.csb, bpack);
+            } else if full < nc {
+                pack_b::<K>(kc, nc - full, b0.add(full), g.rsb, 1, bpack.add(full * kc));
+            }
             for ir in (0..g.m).step_by(K::MR) {
                 let mr = (g.m - ir).min(K::MR);
                 let a0 = g.a.add(ir * g.rsa + pc * g.csa);
@@ -306,8 +315,14 @@ pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = (nc - jr).min(K::NR);
                     let c = g.c.add(ir * g.rsc + (jc + jr) * g.csc);
-                    let bp = bpack.add(jr * kc);
-                    K::run(kc, ap, a_rs, a_cs, bp, c, g.rsc, g.csc, mr, nr, load_c);
+                    let (bp, b_rs) = if b_in_place && jr < full {
+                        (b0.add(jr) as *const f32, g.rsb)
+                    } else {
+                        (bpack.add(jr * kc) as *const f32, K::NR)
+                    };
+                    K::run(
+                        kc, ap, a_rs, a_cs, bp, b_rs, c, g.rsc, g.csc, mr, nr, load_c,
+                    );
                 }
             }
         }

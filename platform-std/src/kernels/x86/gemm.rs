@@ -22,6 +22,7 @@ impl MicroKernel for Avx512Kernel {
         a_rs: usize,
         a_cs: usize,
         b: *const f32,
+        b_rs: usize,
         c: *mut f32,
         rsc: usize,
         csc: usize,
@@ -35,10 +36,10 @@ impl MicroKernel for Avx512Kernel {
         // A panel of at most 16 valid columns (the n tail) skips the
         // all-zero upper half of B̃.
         let acc = match (a_rs == 1, nr <= 16) {
-            (true, false) => product_512::<MR, 2, true>(kc, a, 1, a_cs, b),
-            (false, false) => product_512::<MR, 2, false>(kc, a, a_rs, a_cs, b),
-            (true, true) => product_512::<MR, 1, true>(kc, a, 1, a_cs, b),
-            (false, true) => product_512::<MR, 1, false>(kc, a, a_rs, a_cs, b),
+            (true, false) => product_512::<MR, 2, true>(kc, a, 1, a_cs, b, b_rs),
+            (false, false) => product_512::<MR, 2, false>(kc, a, a_rs, a_cs, b, b_rs),
+            (true, true) => product_512::<MR, 1, true>(kc, a, 1, a_cs, b, b_rs),
+            (false, true) => product_512::<MR, 1, false>(kc, a, a_rs, a_cs, b, b_rs),
         };
         if csc == 1 {
             let m0: __mmask16 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
@@ -91,6 +92,7 @@ impl MicroKernel for Avx2Kernel {
         a_rs: usize,
         a_cs: usize,
         b: *const f32,
+        b_rs: usize,
         c: *mut f32,
         rsc: usize,
         csc: usize,
@@ -100,10 +102,10 @@ impl MicroKernel for Avx2Kernel {
     ) {
         const MR: usize = Avx2Kernel::MR;
         let acc = match (a_rs == 1, nr <= 8) {
-            (true, false) => product_256::<MR, 2, true>(kc, a, 1, a_cs, b),
-            (false, false) => product_256::<MR, 2, false>(kc, a, a_rs, a_cs, b),
-            (true, true) => product_256::<MR, 1, true>(kc, a, 1, a_cs, b),
-            (false, true) => product_256::<MR, 1, false>(kc, a, a_rs, a_cs, b),
+            (true, false) => product_256::<MR, 2, true>(kc, a, 1, a_cs, b, b_rs),
+            (false, false) => product_256::<MR, 2, false>(kc, a, a_rs, a_cs, b, b_rs),
+            (true, true) => product_256::<MR, 1, true>(kc, a, 1, a_cs, b, b_rs),
+            (false, true) => product_256::<MR, 1, false>(kc, a, a_rs, a_cs, b, b_rs),
         };
         if csc == 1 {
             let n0 = nr.min(8);
@@ -137,7 +139,8 @@ impl MicroKernel for Avx2Kernel {
 }
 
 /// The MR×32 register tile of `A·B̃` over `kc` steps (A at
-/// `a + i*a_rs + p*a_cs`; `UNIT_RS` promises `a_rs == 1`), computing only
+/// `a + i*a_rs + p*a_cs`; `UNIT_RS` promises `a_rs == 1`; row `p` of B̃ at
+/// `b + p*b_rs`), computing only
 /// the first `H` (1 or 2) vectors of 16 columns; the rest stay zero.
 #[inline(always)]
 unsafe fn product_512<const MR: usize, const H: usize, const UNIT_RS: bool>(
@@ -146,6 +149,7 @@ unsafe fn product_512<const MR: usize, const H: usize, const UNIT_RS: bool>(
     a_rs: usize,
     a_cs: usize,
     b: *const f32,
+    b_rs: usize,
 ) -> [[__m512; 2]; MR] {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let (mut a, mut b) = (a, b);
@@ -158,7 +162,7 @@ unsafe fn product_512<const MR: usize, const H: usize, const UNIT_RS: bool>(
             }
         }
         a = a.add(a_cs);
-        b = b.add(32);
+        b = b.add(b_rs);
     }
     acc
 }
@@ -171,6 +175,7 @@ unsafe fn product_256<const MR: usize, const H: usize, const UNIT_RS: bool>(
     a_rs: usize,
     a_cs: usize,
     b: *const f32,
+    b_rs: usize,
 ) -> [[__m256; 2]; MR] {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     let (mut a, mut b) = (a, b);
@@ -183,7 +188,7 @@ unsafe fn product_256<const MR: usize, const H: usize, const UNIT_RS: bool>(
             }
         }
         a = a.add(a_cs);
-        b = b.add(16);
+        b = b.add(b_rs);
     }
     acc
 }

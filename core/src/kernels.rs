@@ -79,6 +79,42 @@ pub trait Kernels<R: Real>: Sync {
         gemm::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
     }
 
+    /// `C[m×n] = bias + A·B` for a row-major `C` (row stride `rsc`), `bias`
+    /// (`n` values) added to every row: a linear layer's forward. The
+    /// default fills each row with `bias` and calls [`Kernels::gemm`] with
+    /// `accumulate`, so every element is `bias[j] + (A·B)[i][j]`; an
+    /// override must give the same bits as that (e.g. by adding the bias as
+    /// it stores the product).
+    ///
+    /// # Panics
+    /// As [`Kernels::gemm`], or if `bias` is shorter than `n`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bias(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[R],
+        rsa: usize,
+        csa: usize,
+        b: &[R],
+        rsb: usize,
+        csb: usize,
+        bias: &[R],
+        c: &mut [R],
+        rsc: usize,
+    ) {
+        assert!(
+            bias.len() >= n,
+            "gemm_bias: bias of {} for {n} columns",
+            bias.len()
+        );
+        for i in 0..m {
+            c[i * rsc..i * rsc + n].copy_from_slice(&bias[..n]);
+        }
+        self.gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, true);
+    }
+
     /// `out[i] = gelu(inp[i])` with GPT-2's tanh approximation
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
     ///

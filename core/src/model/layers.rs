@@ -67,10 +67,7 @@ pub(crate) fn matmul_forward<R: Real, K: Kernels<R>>(
     ic: usize,
     oc: usize,
 ) {
-    for o in out[..rows * oc].chunks_exact_mut(oc) {
-        o.copy_from_slice(bias);
-    }
-    k.gemm(rows, ic, oc, inp, ic, 1, w, oc, 1, out, oc, 1, true);
+    k.gemm_bias(rows, ic, oc, inp, ic, 1, w, oc, 1, bias, out, oc);
 }
 
 /// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten),

@@ -34,8 +34,9 @@ pub(super) trait MicroKernel {
     const NR: usize;
     /// `C[0..mr, 0..nr] (+)= A·B̃` over `kc` steps. Step `p` reads A at
     /// `a + i*a_rs + p*a_cs` for `i < MR` and B at `b + p*b_rs + j` for
-    /// `j < NR` (`b_rs = NR` for a packed panel). Adds into C when `load_c`,
-    /// overwrites it otherwise.
+    /// `j < NR` (`b_rs = NR` for a packed panel). Adds into C when `load_c`;
+    /// otherwise stores `bias[j] + ·` when `bias` is not null (only with
+    /// `csc == 1`), else overwrites C.
     ///
     /// # Safety
     /// The CPU supports the kernel's instruction set; the A and B reads above
@@ -55,6 +56,7 @@ pub(super) trait MicroKernel {
         mr: usize,
         nr: usize,
         load_c: bool,
+        bias: *const f32,
     );
 
     /// Packs one panel of a B stored by columns: `dst[p*NR + j] = b[j*csb + p]`
@@ -180,22 +182,91 @@ pub fn sgemm_with(
         rsc,
         csc,
         accumulate,
+        bias: std::ptr::null(),
     };
+    // SAFETY: the views were checked to fit their slices and `isa` was
+    // asserted supported above.
+    unsafe { run_isa(isa, &args) }
+}
+
+/// `C[m×n] = bias + A·B` with `bias` (`n` floats) added to every row of a
+/// row-major C (`csc = 1`). Bit for bit the same as filling each row of C
+/// with `bias` and calling [`sgemm_with`] with `accumulate`, without the
+/// extra pass over C: the SIMD kernels add the bias as they store the first
+/// block of each tile.
+///
+/// Panics as [`sgemm_with`] does, or if `bias` is shorter than `n`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_bias_with(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    bias: &[f32],
+    c: &mut [f32],
+    rsc: usize,
+) {
+    assert!(
+        bias.len() >= n,
+        "gemm: bias of {} for {n} columns",
+        bias.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    check_view("C", c.len(), m, n, rsc, 1);
+    if isa == Isa::Scalar || k == 0 || (m > 1 && rsc < n) {
+        for i in 0..m {
+            c[i * rsc..i * rsc + n].copy_from_slice(&bias[..n]);
+        }
+        return sgemm_with(isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, true);
+    }
+    check_view("A", a.len(), m, k, rsa, csa);
+    check_view("B", b.len(), k, n, rsb, csb);
+    assert!(
+        isa.supported(),
+        "gemm: {} is not supported here",
+        isa.name()
+    );
+    let args = Args {
+        m,
+        k,
+        n,
+        a: a.as_ptr(),
+        rsa,
+        csa,
+        b: b.as_ptr(),
+        rsb,
+        csb,
+        c: c.as_mut_ptr(),
+        rsc,
+        csc: 1,
+        accumulate: false,
+        bias: bias.as_ptr(),
+    };
+    // SAFETY: views and bias length checked, `isa` asserted supported above;
+    // C is row-major as the bias epilogue needs.
+    unsafe { run_isa(isa, &args) }
+}
+
+/// Runs checked `args` on `isa`.
+///
+/// # Safety
+/// `args` satisfies the [`Args`] invariants (views checked against their
+/// slices) and `isa` is supported by this CPU.
+unsafe fn run_isa(isa: Isa, args: &Args) {
     match isa {
-        Isa::Scalar => {
-            // SAFETY: the views were checked to fit their slices above.
-            unsafe { gemm_scalar(&args) }
-        }
+        Isa::Scalar => gemm_scalar(args),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
-            // SAFETY: views checked above; AVX2+FMA support asserted above.
-            unsafe { super::x86::gemm::sgemm_avx2(&args) }
-        }
+        Isa::Avx2Fma => super::x86::gemm::sgemm_avx2(args),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            // SAFETY: views checked above; AVX-512F support asserted above.
-            unsafe { super::x86::gemm::sgemm_avx512(&args) }
-        }
+        Isa::Avx512 => super::x86::gemm::sgemm_avx512(args),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("x86 ISA reported as supported elsewhere"),
     }
@@ -217,6 +288,9 @@ pub(super) struct Args {
     pub rsc: usize,
     pub csc: usize,
     pub accumulate: bool,
+    /// Null, or `n` floats added to every row of C (`accumulate` false, C
+    /// row-major).
+    pub bias: *const f32,
 }
 
 /// Plain loops, i-p-j order so the inner loop runs along B's and C's rows.
@@ -320,8 +394,13 @@ pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
                     } else {
                         (bpack.add(jr * kc) as *const f32, K::NR)
                     };
+                    let bias = if load_c || g.bias.is_null() {
+                        std::ptr::null()
+                    } else {
+                        g.bias.add(jc + jr)
+                    };
                     K::run(
-                        kc, ap, a_rs, a_cs, bp, b_rs, c, g.rsc, g.csc, mr, nr, load_c,
+                        kc, ap, a_rs, a_cs, bp, b_rs, c, g.rsc, g.csc, mr, nr, load_c, bias,
                     );
                 }
             }

@@ -33,7 +33,7 @@ mod simd;
 mod x86;
 
 pub use elementwise::AdamW;
-pub use gemm::sgemm_with;
+pub use gemm::{sgemm_bias_with, sgemm_with};
 
 /// Which code path to run. `Auto` picks the widest instruction set the CPU
 /// has; `Portable` forces the scalar code (for comparisons and for
@@ -200,6 +200,26 @@ impl SimdKernels {
         gemm::sgemm_with(
             self.isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
         );
+    }
+
+    /// `C[m×n] = bias + A·B` for a row-major C (see [`sgemm_bias_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bias(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        rsb: usize,
+        csb: usize,
+        bias: &[f32],
+        c: &mut [f32],
+        rsc: usize,
+    ) {
+        gemm::sgemm_bias_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc);
     }
 
     /// `out[i] = gelu(inp[i])`, GPT-2's tanh approximation

@@ -29,6 +29,7 @@ impl MicroKernel for Avx512Kernel {
         mr: usize,
         nr: usize,
         load_c: bool,
+        bias: *const f32,
     ) {
         const MR: usize = Avx512Kernel::MR;
         // Unit row stride (packed panels, transposed views) gets its own
@@ -56,11 +57,15 @@ impl MicroKernel for Avx512Kernel {
                 if load_c {
                     v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, p), v0);
                     v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, p.add(16)), v1);
+                } else if !bias.is_null() {
+                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, bias), v0);
+                    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, bias.add(16)), v1);
                 }
                 _mm512_mask_storeu_ps(p, m0, v0);
                 _mm512_mask_storeu_ps(p.add(16), m1, v1);
             }
         } else {
+            debug_assert!(bias.is_null(), "bias epilogue needs a row-major C");
             let mut tmp = [0.0f32; 32];
             for (i, row) in acc.iter().enumerate().take(mr) {
                 _mm512_storeu_ps(tmp.as_mut_ptr(), row[0]);
@@ -99,6 +104,7 @@ impl MicroKernel for Avx2Kernel {
         mr: usize,
         nr: usize,
         load_c: bool,
+        bias: *const f32,
     ) {
         const MR: usize = Avx2Kernel::MR;
         let acc = match (a_rs == 1, nr <= 8) {
@@ -118,11 +124,15 @@ impl MicroKernel for Avx2Kernel {
                 if load_c {
                     v0 = _mm256_add_ps(_mm256_maskload_ps(p, m0), v0);
                     v1 = _mm256_add_ps(_mm256_maskload_ps(p.add(8), m1), v1);
+                } else if !bias.is_null() {
+                    v0 = _mm256_add_ps(_mm256_maskload_ps(bias, m0), v0);
+                    v1 = _mm256_add_ps(_mm256_maskload_ps(bias.add(8), m1), v1);
                 }
                 _mm256_maskstore_ps(p, m0, v0);
                 _mm256_maskstore_ps(p.add(8), m1, v1);
             }
         } else {
+            debug_assert!(bias.is_null(), "bias epilogue needs a row-major C");
             let mut tmp = [0.0f32; 16];
             for (i, row) in acc.iter().enumerate().take(mr) {
                 _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);

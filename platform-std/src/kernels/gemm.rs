@@ -390,7 +390,7 @@ pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
                     let nr = (nc - jr).min(K::NR);
                     let c = g.c.add(ir * g.rsc + (jc + jr) * g.csc);
                     let (bp, b_rs) = if b_in_place && jr < full {
-                        (b0.add(jr) as *const f32, g.rsb)
+                        (b0.add(jr), g.rsb)
                     } else {
                         (bpack.add(jr * kc) as *const f32, K::NR)
                     };

@@ -37,14 +37,15 @@ fn openpty() -> (OwnedFd, OwnedFd) {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: valid out-pointers; a null name and termios are allowed.
+    // SAFETY: valid out-pointers; a null name and termios are allowed. (A
+    // raw `*mut` fits both the `*const` (Linux) and `*mut` (BSD) prototypes.)
     let r = unsafe {
         libc::openpty(
             &mut master,
             &mut slave,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
-            &mut size,
+            std::ptr::addr_of_mut!(size),
         )
     };
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());

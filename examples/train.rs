@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use cllm_core::kernels::Kernels;
 use cllm_std::exec::FailureInjection;
@@ -202,7 +202,9 @@ impl Args {
     }
 }
 
-/// Progress on stdout: a bar on a terminal, plain lines otherwise.
+/// Progress on stdout: a bar on a terminal, plain lines otherwise. The bar
+/// and the lines printed above it go to stdout too (indicatif's default is
+/// stderr, which would hide both when only stderr is redirected).
 struct Progress {
     bar: Option<ProgressBar>,
     start: Instant,
@@ -227,7 +229,7 @@ impl Observer for Progress {
     fn started(&mut self, first: u64, total: u64) {
         self.start = Instant::now();
         if std::io::stdout().is_terminal() && total > first {
-            let bar = ProgressBar::new(total);
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
             bar.set_style(
                 ProgressStyle::with_template(
                     "{bar:30.cyan/blue} step {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]",

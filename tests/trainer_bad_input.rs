@@ -435,3 +435,91 @@ fn disk_full_while_saving() {
     assert!(latest.ends_with("checkpoint-2"), "{}", latest.display());
     drop(fs_small);
 }
+
+/// A directory corpus of `bytes` bytes in three files under `tmp/dir`.
+fn corpus_dir(tmp: &Path, bytes: usize) -> PathBuf {
+    let d = tmp.join("dir");
+    fs::create_dir_all(&d).unwrap();
+    let text = corpus_text();
+    let per_file = bytes / 3;
+    for i in 0..3 {
+        let body: String = text.chars().cycle().take(per_file).collect();
+        fs::write(d.join(format!("part{i}.txt")), body).unwrap();
+    }
+    d
+}
+
+/// Runs the trainer with its spool files (`TMPDIR`) in `spool`.
+fn train_spooling_in(
+    tmp: &Path,
+    data: &Path,
+    spool: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let out = tmp.join("run");
+    let mut args = vec![s(data), "--out", s(&out), "--threads", "1", "--steps", "2"];
+    args.extend(tiny());
+    args.extend(extra);
+    let o = train(&args, &[("TMPDIR", s(spool))]);
+    assert!(!out.exists(), "the failed run created {}", out.display());
+    o
+}
+
+#[test]
+fn disk_full_while_spooling_the_corpus_or_its_ids() {
+    let Some(fs_small) = SmallFs::mount("64k") else {
+        eprintln!("note: cannot mount a tmpfs (needs root/CAP_SYS_ADMIN); disk-full test skipped");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // The directory's text does not fit in the spool directory.
+    let dir = corpus_dir(tmp.path(), 300_000);
+    let o = train_spooling_in(tmp.path(), &dir, fs_small.0.path(), &[]);
+    let line = assert_one_line_error(&o, "No space left on device");
+    assert!(
+        line.contains("temporary file for the corpus text") && line.contains("TMPDIR"),
+        "{line}"
+    );
+    // A single file is mapped in place, but its char ids (two bytes each)
+    // are spooled too.
+    let file = tmp.path().join("one.txt");
+    fs::write(&file, corpus_text().repeat(4)).unwrap();
+    let o = train_spooling_in(
+        tmp.path(),
+        &file,
+        fs_small.0.path(),
+        &["--tokenizer", "char"],
+    );
+    let line = assert_one_line_error(&o, "No space left on device");
+    assert!(line.contains("temporary file for the token ids"), "{line}");
+    // Nothing is left in the spool directory.
+    assert_eq!(fs::read_dir(fs_small.0.path()).unwrap().count(), 0);
+    drop(fs_small);
+}
+
+#[test]
+fn spool_write_failure_without_root() {
+    // The file-size limit makes the spool's writes fail (EFBIG) the way a
+    // full disk does; SIGXFSZ is ignored so the write returns the error.
+    let exe = example("train");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = corpus_dir(tmp.path(), 300_000);
+    let spool = tmp.path().join("spool");
+    fs::create_dir(&spool).unwrap();
+    let out = tmp.path().join("run");
+    let mut args = vec![s(&dir), "--out", s(&out), "--threads", "1", "--steps", "2"];
+    args.extend(tiny());
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -f 64 && trap '' XFSZ && exec "$0" "$@""#)
+        .arg(&exe)
+        .args(&args)
+        .env("TMPDIR", &spool)
+        .env_remove("CLLM_INJECT_FAILURE")
+        .output()
+        .unwrap();
+    let line = assert_one_line_error(&o, "cannot write the temporary file for the corpus text");
+    assert!(line.contains("File too large"), "{line}");
+    assert!(!out.exists());
+    assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
+}

@@ -6,6 +6,14 @@
 //! the survivors and applies the content rule. A file that disappears between
 //! the two phases is an error ([`DataError::Vanished`]), never a silent skip.
 //!
+//! The corpus never needs memory proportional to its size: a single file is
+//! memory-mapped, the files of a directory are copied into a temporary
+//! spool file (written through a bounded buffer, then mapped), and the ids
+//! of the char and word tokenizers are spooled and mapped the same way (see
+//! [`LoadOptions::spool_dir`]). Spool files have no name in the file system
+//! (or lose it as soon as they are created), so they vanish with the process
+//! however it ends.
+//!
 //! Batches are a pure function of `(seed, step, sequence index)` (see
 //! [`sequence_start`]), so the same run sees the same windows whatever the
 //! thread count, tree depth or branching, and a resumed run continues with
@@ -15,22 +23,26 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tokenizer::{for_each_lossy_piece, Tokenizer, TokenizerError, STREAM_PIECE_BYTES};
 
 mod batch;
 
 pub use batch::{
     check_len, eval_window_starts, fill_unit, fill_windows, mix64, sequence_start, split_train_val,
-    Split, TokenStore, BATCH_HASH_VERSION,
+    MappedIds, Split, TokenStore, BATCH_HASH_VERSION,
 };
 
 /// Bytes inspected for a NUL byte when deciding whether a file is binary.
 pub const SNIFF_LEN: usize = 8 * 1024;
+
+/// Bytes read from a corpus file, and buffered on the way into a spool
+/// file, at a time.
+pub const SPOOL_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Default per-file size limit for files found inside a directory (16 MiB).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -116,6 +128,13 @@ pub struct LoadOptions {
     /// Extensions (lowercase, no dot) skipped as binary for files found in a
     /// directory.
     pub binary_extensions: Vec<String>,
+    /// Where the spool files go: the concatenated text of a directory corpus
+    /// and the ids of the char and word tokenizers ([`Corpus::into_tokens`]).
+    /// They need about as much free space as the corpus (the ids up to two
+    /// or four bytes per byte of text). `None`: [`std::env::temp_dir`], i.e.
+    /// `$TMPDIR` or `/tmp` (if that is a RAM-backed tmpfs, the spool uses
+    /// RAM: point `TMPDIR` at a disk).
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -124,7 +143,15 @@ impl Default for LoadOptions {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             skip_dirs: DEFAULT_SKIP_DIRS.iter().map(|s| s.to_string()).collect(),
             binary_extensions: BINARY_EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+            spool_dir: None,
         }
+    }
+}
+
+impl LoadOptions {
+    /// The directory spool files are created in.
+    pub fn resolved_spool_dir(&self) -> PathBuf {
+        self.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
 }
 
@@ -310,6 +337,20 @@ pub enum DataError {
     },
     /// Tokenizing the corpus failed.
     Tokenizer(TokenizerError),
+    /// A spool file (see [`LoadOptions::spool_dir`]) could not be created,
+    /// written or mapped, e.g. because the disk is full.
+    Spool {
+        /// What was being spooled (`"corpus text"`, `"token ids"`).
+        what: &'static str,
+        /// The operation that failed (`"create"`, `"write"`, `"map"`).
+        op: &'static str,
+        /// The spool directory.
+        dir: PathBuf,
+        /// Bytes the spool file needs at most.
+        needed: u64,
+        /// The OS error.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for DataError {
@@ -358,6 +399,19 @@ impl fmt::Display for DataError {
             }
             DataError::InvalidBatch { reason } => write!(f, "invalid batch request: {reason}"),
             DataError::Tokenizer(e) => write!(f, "{e}"),
+            DataError::Spool {
+                what,
+                op,
+                dir,
+                needed,
+                source,
+            } => write!(
+                f,
+                "cannot {op} the temporary file for the {what} in {} (up to {} needed): \
+                 {source}; free space there or set TMPDIR to a directory with room",
+                dir.display(),
+                human_bytes(*needed)
+            ),
         }
     }
 }
@@ -365,7 +419,7 @@ impl fmt::Display for DataError {
 impl std::error::Error for DataError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            DataError::Unreadable { source, .. } => Some(source),
+            DataError::Unreadable { source, .. } | DataError::Spool { source, .. } => Some(source),
             DataError::Tokenizer(e) => Some(e),
             _ => None,
         }
@@ -395,6 +449,7 @@ pub struct Listing {
     root_is_file: bool,
     files: Vec<ListedFile>,
     summary: LoadSummary,
+    spool_dir: PathBuf,
 }
 
 fn unreadable(path: &Path, source: io::Error) -> DataError {
@@ -442,6 +497,7 @@ pub fn list_corpus(path: &Path, opts: &LoadOptions) -> Result<Listing, DataError
         max_file_bytes: opts.max_file_bytes,
         ..LoadSummary::default()
     };
+    let spool_dir = opts.resolved_spool_dir();
     if meta.is_file() {
         return Ok(Listing {
             root: path.to_path_buf(),
@@ -451,6 +507,7 @@ pub fn list_corpus(path: &Path, opts: &LoadOptions) -> Result<Listing, DataError
                 len: meta.len(),
             }],
             summary,
+            spool_dir,
         });
     }
     if !meta.is_dir() {
@@ -530,15 +587,86 @@ pub fn list_corpus(path: &Path, opts: &LoadOptions) -> Result<Listing, DataError
         root_is_file: false,
         files,
         summary,
+        spool_dir,
     })
 }
 
-/// Reads a whole file, mapping `NotFound` to [`DataError::Vanished`].
-fn read_listed(path: &Path) -> Result<Vec<u8>, DataError> {
-    let mut f = open_listed(path)?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).map_err(|e| unreadable(path, e))?;
-    Ok(buf)
+/// Reads into `buf` until it is full or the file ends; returns the bytes
+/// read.
+fn read_up_to(f: &mut File, path: &Path, buf: &mut [u8]) -> Result<usize, DataError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(unreadable(path, e)),
+        }
+    }
+    Ok(n)
+}
+
+/// A temporary file written sequentially through a bounded buffer, then
+/// memory-mapped. It is created with `O_TMPFILE` where the file system
+/// supports it (no name at all) and otherwise unlinked right after creation,
+/// so it disappears when the process ends, even on SIGKILL.
+struct Spool {
+    out: BufWriter<File>,
+    info: SpoolInfo,
+}
+
+/// What a spool file holds and where, for its errors.
+struct SpoolInfo {
+    what: &'static str,
+    dir: PathBuf,
+    needed: u64,
+}
+
+impl SpoolInfo {
+    fn error(&self, op: &'static str, source: io::Error) -> DataError {
+        DataError::Spool {
+            what: self.what,
+            op,
+            dir: self.dir.clone(),
+            needed: self.needed,
+            source,
+        }
+    }
+}
+
+impl Spool {
+    /// A new spool file in `dir` for `what`, which will take at most
+    /// `needed` bytes (only used in error messages).
+    fn create(dir: &Path, what: &'static str, needed: u64) -> Result<Spool, DataError> {
+        let info = SpoolInfo {
+            what,
+            dir: dir.to_path_buf(),
+            needed,
+        };
+        let file = tempfile::tempfile_in(dir).map_err(|e| info.error("create", e))?;
+        Ok(Spool {
+            out: BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file),
+            info,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), DataError> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| self.info.error("write", e))
+    }
+
+    /// Flushes the buffer and maps the file.
+    fn map(self) -> Result<Mmap, DataError> {
+        let Spool { out, info } = self;
+        let file = out
+            .into_inner()
+            .map_err(|e| info.error("write", e.into_error()))?;
+        // SAFETY: the file has no name (or lost it at creation), so only this
+        // process can reach it, and nothing writes to it once it is mapped:
+        // the mapped bytes cannot change or shrink under the map.
+        unsafe { Mmap::map(&file) }.map_err(|e| info.error("map", e))
+    }
 }
 
 fn open_listed(path: &Path) -> Result<File, DataError> {
@@ -563,16 +691,20 @@ impl Listing {
     /// Phase two: read the listed files, skip those whose first
     /// [`SNIFF_LEN`] bytes contain a NUL, and concatenate the rest.
     ///
-    /// A corpus made of a single file is memory-mapped rather than copied,
-    /// so a byte-tokenized corpus larger than memory works. Between files a
-    /// `\n` is inserted when the previous one does not end with one, so the
-    /// last word of a file never fuses with the first of the next.
+    /// A corpus made of a single file is memory-mapped rather than copied.
+    /// The files of a directory are copied, through a buffer of
+    /// [`SPOOL_BUFFER_BYTES`], into a spool file in
+    /// [`LoadOptions::spool_dir`] that is then mapped; so either way a corpus
+    /// larger than memory works. Between files a `\n` is inserted when the
+    /// previous one does not end with one, so the last word of a file never
+    /// fuses with the first of the next.
     pub fn load(self) -> Result<Corpus, DataError> {
         let Listing {
             root,
             root_is_file,
             files,
             mut summary,
+            spool_dir,
         } = self;
         if root_is_file {
             let file = &files[0];
@@ -608,36 +740,59 @@ impl Listing {
                     len: len as usize,
                 }],
                 summary,
+                spool_dir: Some(spool_dir),
             });
         }
 
-        let mut bytes = Vec::new();
+        // Each file plus the newline that may follow it.
+        let needed = files
+            .iter()
+            .fold(0u64, |n, f| n.saturating_add(f.len).saturating_add(1));
+        let mut spool = Spool::create(&spool_dir, "corpus text", needed)?;
+        let mut buf = vec![0u8; SPOOL_BUFFER_BYTES.max(SNIFF_LEN)];
+        // u64: on a 32-bit target a spool past 4 GiB fails to map (below),
+        // so the offsets converted to usize are only used when they fit.
+        let mut written = 0u64;
+        let mut last_byte = None;
         let mut sources = Vec::new();
         for file in &files {
-            let content = read_listed(&file.path)?;
-            if content.is_empty() {
-                summary.skip(file.path.clone(), SkipReason::Empty, 0);
+            let path = &file.path;
+            let mut f = open_listed(path)?;
+            // The first SNIFF_LEN bytes decide whether the file is text.
+            let head = read_up_to(&mut f, path, &mut buf[..SNIFF_LEN])?;
+            if head == 0 {
+                summary.skip(path.clone(), SkipReason::Empty, 0);
                 continue;
             }
-            if looks_binary(&content) {
-                summary.skip(
-                    file.path.clone(),
-                    SkipReason::BinaryContent,
-                    content.len() as u64,
-                );
+            if looks_binary(&buf[..head]) {
+                // Counted like the text files: the bytes actually read.
+                let rest = io::copy(&mut f, &mut io::sink()).map_err(|e| unreadable(path, e))?;
+                summary.skip(path.clone(), SkipReason::BinaryContent, head as u64 + rest);
                 continue;
             }
-            if bytes.last().is_some_and(|&b| b != b'\n') {
-                bytes.push(b'\n');
+            if last_byte.is_some_and(|b| b != b'\n') {
+                spool.write(b"\n")?;
+                written += 1;
             }
+            let offset = written;
+            let mut n = head;
+            loop {
+                spool.write(&buf[..n])?;
+                written += n as u64;
+                last_byte = Some(buf[n - 1]);
+                n = read_up_to(&mut f, path, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+            }
+            let len = written - offset;
             sources.push(SourceFile {
-                path: file.path.clone(),
-                offset: bytes.len(),
-                len: content.len(),
+                path: path.clone(),
+                offset: offset as usize,
+                len: len as usize,
             });
             summary.loaded_files += 1;
-            summary.loaded_bytes += content.len() as u64;
-            bytes.extend_from_slice(&content);
+            summary.loaded_bytes += len;
         }
         summary.skipped_paths.sort();
         if sources.is_empty() {
@@ -646,10 +801,13 @@ impl Listing {
                 summary,
             });
         }
+        let map = spool.map()?;
+        debug_assert_eq!(map.len() as u64, written);
         Ok(Corpus {
-            bytes: CorpusBytes::Owned(bytes),
+            bytes: CorpusBytes::Mapped(map),
             files: sources,
             summary,
+            spool_dir: Some(spool_dir),
         })
     }
 }
@@ -681,6 +839,9 @@ pub struct Corpus {
     bytes: CorpusBytes,
     files: Vec<SourceFile>,
     summary: LoadSummary,
+    /// Where [`Corpus::into_tokens`] spools char/word ids: set for loaded
+    /// (mapped) corpora, `None` for bytes given in memory.
+    spool_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Corpus {
@@ -695,6 +856,7 @@ impl fmt::Debug for Corpus {
 
 impl Corpus {
     /// Builds a corpus from bytes already in memory (tests, built-in text).
+    /// Its token ids are kept in memory too.
     pub fn from_bytes(bytes: Vec<u8>) -> Corpus {
         let len = bytes.len();
         Corpus {
@@ -704,6 +866,7 @@ impl Corpus {
                 loaded_bytes: len as u64,
                 ..LoadSummary::default()
             },
+            spool_dir: None,
         }
     }
 
@@ -716,12 +879,17 @@ impl Corpus {
     }
 
     /// The text as UTF-8, invalid sequences replaced by U+FFFD (what the
-    /// char and word tokenizers see).
+    /// char and word tokenizers see). Valid UTF-8 is borrowed; otherwise the
+    /// whole text is copied (the tokenizers instead decode it piece by piece,
+    /// see [`for_each_lossy_piece`]).
     pub fn text_lossy(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(self.bytes())
     }
 
-    /// Whether the bytes are memory-mapped rather than held in memory.
+    /// Whether the bytes are memory-mapped rather than held in memory: true
+    /// for every corpus [`Listing::load`] returns (a single file is mapped
+    /// in place, a directory through a spool file), false for
+    /// [`Corpus::from_bytes`].
     pub fn is_mapped(&self) -> bool {
         matches!(self.bytes, CorpusBytes::Mapped(_))
     }
@@ -738,7 +906,12 @@ impl Corpus {
 
     /// Turns the corpus into a token stream. The byte tokenizer reuses the
     /// bytes (a mapped corpus stays mapped, nothing is copied); char and word
-    /// tokenize the lossy UTF-8 text.
+    /// tokenize the lossy UTF-8 text. For a mapped corpus the text is decoded
+    /// piece by piece and the ids are written to a spool file in
+    /// [`LoadOptions::spool_dir`], then mapped ([`TokenStore::MappedU16`] /
+    /// [`TokenStore::MappedU32`]); a corpus built with
+    /// [`Corpus::from_bytes`] gets its ids in memory ([`TokenStore::U16`] /
+    /// [`TokenStore::U32`]). The ids are the same either way.
     pub fn into_tokens(self, tokenizer: &Tokenizer) -> Result<TokenStore, DataError> {
         if let Tokenizer::Byte = tokenizer {
             return Ok(match self.bytes {
@@ -746,9 +919,17 @@ impl Corpus {
                 CorpusBytes::Owned(v) => TokenStore::Bytes(v),
             });
         }
+        let narrow = tokenizer.vocab_size() <= 1 << 16;
+        if let Some(dir) = &self.spool_dir {
+            return if narrow {
+                spool_ids::<u16>(self.bytes(), tokenizer, dir).map(TokenStore::MappedU16)
+            } else {
+                spool_ids::<u32>(self.bytes(), tokenizer, dir).map(TokenStore::MappedU32)
+            };
+        }
         let text = self.text_lossy();
         // Straight into the narrow type: the corpus may be large.
-        if tokenizer.vocab_size() <= 1 << 16 {
+        if narrow {
             let mut ids = Vec::new();
             tokenizer.encode_with(&text, |id| ids.push(id as u16))?;
             Ok(TokenStore::U16(ids))
@@ -756,4 +937,81 @@ impl Corpus {
             Ok(TokenStore::U32(tokenizer.encode(&text)?))
         }
     }
+}
+
+/// A token id type a spool file can hold.
+trait SpoolId: Copy {
+    /// Its bytes, native-endian (the spool is read back by this process
+    /// only).
+    fn put(id: u32, out: &mut BufWriter<File>) -> io::Result<()>;
+}
+
+impl SpoolId for u16 {
+    fn put(id: u32, out: &mut BufWriter<File>) -> io::Result<()> {
+        // The caller checked that the vocabulary fits in 16 bits.
+        out.write_all(&(id as u16).to_ne_bytes())
+    }
+}
+
+impl SpoolId for u32 {
+    fn put(id: u32, out: &mut BufWriter<File>) -> io::Result<()> {
+        out.write_all(&id.to_ne_bytes())
+    }
+}
+
+/// Counts the ids written to a spool and keeps the first write error (the
+/// tokenizer's sink cannot fail, so the error is checked after each piece).
+#[derive(Default)]
+struct IdSink {
+    count: usize,
+    failed: Option<io::Error>,
+}
+
+impl IdSink {
+    fn put<T: SpoolId>(&mut self, id: u32, out: &mut BufWriter<File>) {
+        if self.failed.is_none() {
+            match T::put(id, out) {
+                Ok(()) => self.count += 1,
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+}
+
+/// Encodes `bytes` (as lossy UTF-8) into a spool file of `T` ids in `dir`
+/// and maps it. Memory: one decoded piece of text and the write buffer.
+fn spool_ids<T: SpoolId>(
+    bytes: &[u8],
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<MappedIds<T>, DataError> {
+    // At most one id per byte of text.
+    let needed = (bytes.len() as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+    let mut spool = Spool::create(dir, "token ids", needed)?;
+    let mut enc = tokenizer.stream_encoder();
+    let mut sink = IdSink::default();
+    for_each_lossy_piece(bytes, STREAM_PIECE_BYTES, |piece| {
+        enc.push(piece, |id| sink.put::<T>(id, &mut spool.out))?;
+        // A write error stops the encoding after the piece it happened in.
+        match sink.failed.take() {
+            Some(e) => Err(spool.info.error("write", e)),
+            None => Ok(()),
+        }
+    })?;
+    enc.finish(|id| sink.put::<T>(id, &mut spool.out));
+    if let Some(e) = sink.failed {
+        return Err(spool.info.error("write", e));
+    }
+    let count = sink.count;
+    let map = spool.map()?;
+    MappedIds::new(map, count).ok_or_else(|| DataError::Spool {
+        what: "token ids",
+        op: "map",
+        dir: dir.to_path_buf(),
+        needed,
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the mapped file does not hold the {count} ids written"),
+        ),
+    })
 }

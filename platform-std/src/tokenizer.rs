@@ -13,6 +13,7 @@
 //! `GPT2LMHeadModel.from_pretrained` does not read it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -307,7 +308,10 @@ impl Tokenizer {
     /// Builds a char tokenizer whose vocabulary is the sorted set of
     /// characters of `text`.
     pub fn train_char(text: &str) -> Result<Tokenizer, TokenizerError> {
-        let set: BTreeSet<char> = text.chars().collect();
+        Self::char_from_set(text.chars().collect())
+    }
+
+    fn char_from_set(set: BTreeSet<char>) -> Result<Tokenizer, TokenizerError> {
         if set.is_empty() {
             return Err(TokenizerError::EmptyText);
         }
@@ -321,16 +325,27 @@ impl Tokenizer {
     /// to `vocab_size` tokens in all. Words spelled like a special are not
     /// added twice.
     pub fn train_word(text: &str, vocab_size: usize) -> Result<Tokenizer, TokenizerError> {
+        Self::check_word_vocab_size(vocab_size)?;
+        let mut counts = HashMap::new();
+        text.split_whitespace()
+            .for_each(|w| count_word(&mut counts, w));
+        Self::word_from_counts(counts, vocab_size)
+    }
+
+    fn check_word_vocab_size(vocab_size: usize) -> Result<(), TokenizerError> {
         if vocab_size < WORD_SPECIALS.len() {
             return Err(TokenizerError::VocabTooSmall {
                 requested: vocab_size,
                 min: WORD_SPECIALS.len(),
             });
         }
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        for w in text.split_whitespace() {
-            *counts.entry(w.to_lowercase()).or_insert(0) += 1;
-        }
+        Ok(())
+    }
+
+    fn word_from_counts(
+        counts: HashMap<String, u64>,
+        vocab_size: usize,
+    ) -> Result<Tokenizer, TokenizerError> {
         if counts.is_empty() {
             return Err(TokenizerError::EmptyText);
         }
@@ -356,16 +371,47 @@ impl Tokenizer {
     /// Builds a tokenizer of `kind` from training bytes (invalid UTF-8 is
     /// replaced by U+FFFD for char and word). `vocab_size` only matters for
     /// word.
+    ///
+    /// The text is decoded piece by piece (see [`for_each_lossy_piece`]), so
+    /// a memory-mapped corpus larger than memory is never copied; the result
+    /// is the same as [`Tokenizer::train_char`] / [`Tokenizer::train_word`]
+    /// on the whole lossy text.
     pub fn train(
         kind: TokenizerKind,
         text: &[u8],
         vocab_size: usize,
     ) -> Result<Tokenizer, TokenizerError> {
+        Self::train_pieces(kind, text, vocab_size, STREAM_PIECE_BYTES)
+    }
+
+    fn train_pieces(
+        kind: TokenizerKind,
+        text: &[u8],
+        vocab_size: usize,
+        piece_bytes: usize,
+    ) -> Result<Tokenizer, TokenizerError> {
         match kind {
             TokenizerKind::Byte => Ok(Tokenizer::Byte),
-            TokenizerKind::Char => Tokenizer::train_char(&String::from_utf8_lossy(text)),
+            TokenizerKind::Char => {
+                let mut set = BTreeSet::new();
+                for_each_lossy_piece(text, piece_bytes, |piece| {
+                    set.extend(piece.chars());
+                    Ok::<(), Infallible>(())
+                })
+                .unwrap_or_else(|e| match e {});
+                Tokenizer::char_from_set(set)
+            }
             TokenizerKind::Word => {
-                Tokenizer::train_word(&String::from_utf8_lossy(text), vocab_size)
+                Self::check_word_vocab_size(vocab_size)?;
+                let mut counts = HashMap::new();
+                let mut words = WordSplitter::default();
+                for_each_lossy_piece(text, piece_bytes, |piece| {
+                    words.push(piece, |w| count_word(&mut counts, w));
+                    Ok::<(), Infallible>(())
+                })
+                .unwrap_or_else(|e| match e {});
+                words.finish(|w| count_word(&mut counts, w));
+                Tokenizer::word_from_counts(counts, vocab_size)
             }
         }
     }
@@ -436,30 +482,21 @@ impl Tokenizer {
         text: &str,
         mut sink: F,
     ) -> Result<(), TokenizerError> {
-        match self {
-            Tokenizer::Byte => text.bytes().for_each(|b| sink(u32::from(b))),
-            Tokenizer::Char(v) => {
-                for (position, ch) in text.chars().enumerate() {
-                    sink(
-                        v.id(ch)
-                            .ok_or(TokenizerError::UnknownChar { ch, position })?,
-                    );
-                }
-            }
-            Tokenizer::Word(v) => {
-                for w in text.split_whitespace() {
-                    // Vocabulary words equal their own lowercase, so a hit on
-                    // the word as written is correct and saves an allocation.
-                    let id = v
-                        .index
-                        .get(w)
-                        .or_else(|| v.index.get(&w.to_lowercase()))
-                        .copied();
-                    sink(id.unwrap_or(UNK_ID));
-                }
-            }
-        }
+        let mut enc = self.stream_encoder();
+        enc.push(text, &mut sink)?;
+        enc.finish(sink);
         Ok(())
+    }
+
+    /// An encoder for text that arrives in consecutive pieces (e.g. from
+    /// [`for_each_lossy_piece`]): the ids are those [`Tokenizer::encode`]
+    /// gives for the concatenated text, wherever the pieces are cut.
+    pub fn stream_encoder(&self) -> StreamEncoder<'_> {
+        StreamEncoder {
+            tokenizer: self,
+            chars_seen: 0,
+            words: WordSplitter::default(),
+        }
     }
 
     /// Encodes raw bytes: exact for byte; char and word see the bytes as
@@ -694,6 +731,146 @@ impl Tokenizer {
     }
 }
 
+/// Bytes of text decoded at a time when a corpus is streamed through the
+/// char and word tokenizers (see [`for_each_lossy_piece`]).
+pub const STREAM_PIECE_BYTES: usize = 1 << 20;
+
+fn is_utf8_continuation(b: u8) -> bool {
+    b & 0xc0 == 0x80
+}
+
+/// End of the piece of `bytes` starting at `start`: about `max_piece` bytes
+/// later, moved back to a place where the lossy decoding can be cut.
+///
+/// Every unit of `String::from_utf8_lossy` (a character, or an invalid
+/// sequence replaced by one U+FFFD) starts with a byte that is not a UTF-8
+/// continuation byte (`10xxxxxx`), and is at most four bytes long. So a cut
+/// before a non-continuation byte never splits a unit; and if the four bytes
+/// up to the cut are all continuation bytes, no unit can span it either.
+fn piece_end(bytes: &[u8], start: usize, max_piece: usize) -> usize {
+    let end = start.saturating_add(max_piece.max(4));
+    if end >= bytes.len() {
+        return bytes.len();
+    }
+    (end - 3..=end)
+        .rev()
+        .find(|&c| !is_utf8_continuation(bytes[c]))
+        .unwrap_or(end)
+}
+
+/// Calls `f` with consecutive pieces of `String::from_utf8_lossy(bytes)`,
+/// each decoded from at most about `max_piece` bytes, stopping at the first
+/// error. The pieces concatenate to exactly the lossy text, but only one is
+/// held at a time: valid UTF-8 is borrowed from `bytes`, and only a piece
+/// with invalid sequences is copied. This is how the char and word
+/// tokenizers read a memory-mapped corpus without copying it.
+pub fn for_each_lossy_piece<E, F>(bytes: &[u8], max_piece: usize, mut f: F) -> Result<(), E>
+where
+    F: FnMut(&str) -> Result<(), E>,
+{
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = piece_end(bytes, start, max_piece);
+        f(&String::from_utf8_lossy(&bytes[start..end]))?;
+        start = end;
+    }
+    Ok(())
+}
+
+fn count_word(counts: &mut HashMap<String, u64>, w: &str) {
+    *counts.entry(w.to_lowercase()).or_insert(0) += 1;
+}
+
+fn word_id(v: &WordVocab, w: &str) -> u32 {
+    // Vocabulary words equal their own lowercase, so a hit on the word as
+    // written is correct and saves an allocation.
+    v.index
+        .get(w)
+        .or_else(|| v.index.get(&w.to_lowercase()))
+        .copied()
+        .unwrap_or(UNK_ID)
+}
+
+/// Splits text arriving in pieces into the words `str::split_whitespace`
+/// finds in the whole text: a word cut by a piece boundary is carried over
+/// (so memory is bounded by the longest word, not the text).
+#[derive(Debug, Default)]
+struct WordSplitter {
+    carry: String,
+}
+
+impl WordSplitter {
+    fn push(&mut self, piece: &str, mut f: impl FnMut(&str)) {
+        let mut rest = piece;
+        if !self.carry.is_empty() {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            self.carry.push_str(&rest[..end]);
+            rest = &rest[end..];
+            if rest.is_empty() {
+                return;
+            }
+            f(&self.carry);
+            self.carry.clear();
+        }
+        // The last word stays open unless the piece ends with whitespace.
+        let open = rest
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        rest[..open].split_whitespace().for_each(&mut f);
+        self.carry.push_str(&rest[open..]);
+    }
+
+    fn finish(&mut self, mut f: impl FnMut(&str)) {
+        if !self.carry.is_empty() {
+            f(&self.carry);
+            self.carry.clear();
+        }
+    }
+}
+
+/// Encodes text given in consecutive pieces (see
+/// [`Tokenizer::stream_encoder`]). Call [`StreamEncoder::finish`] after the
+/// last piece: a word tokenizer holds back a word that may continue in the
+/// next piece.
+#[derive(Debug)]
+pub struct StreamEncoder<'t> {
+    tokenizer: &'t Tokenizer,
+    /// Characters already encoded (char positions in errors are global).
+    chars_seen: usize,
+    words: WordSplitter,
+}
+
+impl StreamEncoder<'_> {
+    /// Encodes the next piece. Char: a character outside the vocabulary is
+    /// an error whose position counts from the start of the first piece.
+    pub fn push<F: FnMut(u32)>(&mut self, piece: &str, mut sink: F) -> Result<(), TokenizerError> {
+        match self.tokenizer {
+            Tokenizer::Byte => piece.bytes().for_each(|b| sink(u32::from(b))),
+            Tokenizer::Char(v) => {
+                for ch in piece.chars() {
+                    let position = self.chars_seen;
+                    sink(
+                        v.id(ch)
+                            .ok_or(TokenizerError::UnknownChar { ch, position })?,
+                    );
+                    self.chars_seen += 1;
+                }
+            }
+            Tokenizer::Word(v) => self.words.push(piece, |w| sink(word_id(v, w))),
+        }
+        Ok(())
+    }
+
+    /// Emits what is held back (the last word of a word tokenizer).
+    pub fn finish<F: FnMut(u32)>(mut self, mut sink: F) {
+        if let Tokenizer::Word(v) = self.tokenizer {
+            self.words.finish(|w| sink(word_id(v, w)));
+        }
+    }
+}
+
 fn read_bytes(path: &Path) -> Result<Vec<u8>, TokenizerError> {
     fs::read(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -711,4 +888,131 @@ fn utf8<'b>(path: &Path, bytes: &'b [u8]) -> Result<&'b str, TokenizerError> {
         path: path.to_path_buf(),
         reason: format!("not UTF-8 (byte {})", e.valid_up_to()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Texts whose lossy decoding and word splitting are easy to get wrong
+    /// at a piece boundary: multi-byte characters, invalid and truncated
+    /// sequences, runs of stray continuation bytes, Unicode whitespace.
+    fn tricky() -> Vec<Vec<u8>> {
+        let mut texts: Vec<Vec<u8>> = vec![
+            b"the quick brown fox\njumps over\tthe lazy dog ".to_vec(),
+            "caf\u{e9} na\u{ef}ve \u{1f600}\u{1f600} \u{3000}wide\u{3000}space\u{a0}nb\u{85}nel"
+                .as_bytes()
+                .to_vec(),
+            b"caf\xe9 \xe2\x82 \xe2\x82\xac \xf0\x9f\x98 \xed\xa0\x80 \xc0\xaf \xff\xfe".to_vec(),
+            b"\x80\x80\x80\x80\x80\x80\x80\x80x\x80\x80\x80\xbf\xbf".to_vec(),
+            b"WORD Word word wOrD   \n\n  trailing".to_vec(),
+            b"".to_vec(),
+            b"   ".to_vec(),
+        ];
+        // A longer mixture.
+        let mut x: u64 = 7;
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"B",
+            b" ",
+            b"\n",
+            "\u{e9}".as_bytes(),
+            "\u{1f600}".as_bytes(),
+            "\u{3000}".as_bytes(),
+            b"\xe2\x82",
+            b"\x80",
+            b"\xff",
+            b"xyz",
+        ];
+        let mut long = Vec::new();
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            long.extend_from_slice(alphabet[(x % alphabet.len() as u64) as usize]);
+        }
+        texts.push(long);
+        texts
+    }
+
+    #[test]
+    fn lossy_pieces_concatenate_to_the_lossy_text() {
+        for text in tricky() {
+            let whole = String::from_utf8_lossy(&text).into_owned();
+            for piece in [1, 4, 5, 6, 7, 13, 64, 1 << 20] {
+                let mut got = String::new();
+                let mut max_len = 0;
+                for_each_lossy_piece(&text, piece, |p| {
+                    got.push_str(p);
+                    max_len = max_len.max(p.len());
+                    Ok::<(), Infallible>(())
+                })
+                .unwrap();
+                assert_eq!(got, whole, "piece {piece} of {text:?}");
+                // A piece of n bytes decodes to at most 3n bytes (U+FFFD).
+                assert!(max_len <= 3 * piece.max(4), "piece {piece}: {max_len}");
+            }
+        }
+    }
+
+    #[test]
+    fn lossy_pieces_stop_at_the_first_error() {
+        let mut calls = 0;
+        let r = for_each_lossy_piece(b"abcdefghijkl", 4, |_| {
+            calls += 1;
+            if calls == 2 {
+                Err("stop")
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!((r, calls), (Err("stop"), 2));
+    }
+
+    #[test]
+    fn streamed_training_and_encoding_match_the_whole_text() {
+        for text in tricky() {
+            let whole = String::from_utf8_lossy(&text).into_owned();
+            let whole_char = Tokenizer::train_char(&whole);
+            let whole_word = Tokenizer::train_word(&whole, 12);
+            for piece in [4, 5, 7, 13, 1 << 20] {
+                let c = Tokenizer::train_pieces(TokenizerKind::Char, &text, 0, piece);
+                let w = Tokenizer::train_pieces(TokenizerKind::Word, &text, 12, piece);
+                assert_same(&c, &whole_char);
+                assert_same(&w, &whole_word);
+                assert_streamed(&Tokenizer::Byte, &text, &whole, piece);
+                for tok in [&whole_char, &whole_word].into_iter().flatten() {
+                    assert_streamed(tok, &text, &whole, piece);
+                }
+            }
+        }
+    }
+
+    fn assert_same(a: &Result<Tokenizer, TokenizerError>, b: &Result<Tokenizer, TokenizerError>) {
+        match (a, b) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            _ => panic!("{a:?} vs {b:?}"),
+        }
+    }
+
+    fn assert_streamed(tok: &Tokenizer, text: &[u8], whole: &str, piece: usize) {
+        let want = tok.encode(whole).unwrap();
+        let mut got = Vec::new();
+        let mut enc = tok.stream_encoder();
+        for_each_lossy_piece(text, piece, |p| enc.push(p, |id| got.push(id))).unwrap();
+        enc.finish(|id| got.push(id));
+        assert_eq!(got, want, "{:?} piece {piece}", tok.kind());
+    }
+
+    #[test]
+    fn streamed_unknown_char_position_is_global() {
+        let tok = Tokenizer::train_char("abc").unwrap();
+        let text = b"abcabcabcXabc";
+        let whole = tok.encode("abcabcabcXabc").unwrap_err();
+        let mut enc = tok.stream_encoder();
+        let streamed = for_each_lossy_piece(text, 4, |p| enc.push(p, |_| ())).unwrap_err();
+        assert_eq!(streamed.to_string(), whole.to_string());
+        assert!(whole.to_string().contains("position 9"), "{whole}");
+    }
 }

@@ -1,6 +1,7 @@
 //! Token storage, train/validation splits and deterministic batches.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use memmap2::Mmap;
 
@@ -9,8 +10,10 @@ use super::DataError;
 /// A token stream in its most compact form.
 ///
 /// Cheap random access is all batching needs; the byte form is the raw text
-/// (memory-mapped for single-file corpora), ids below 65 536 are stored as
-/// `u16`.
+/// (memory-mapped for loaded corpora), ids below 65 536 are stored as `u16`.
+/// Char and word ids of a loaded corpus are memory-mapped from a spool file
+/// (`MappedU16`, `MappedU32`); every form gives the same tokens for the same
+/// ids.
 pub enum TokenStore {
     /// Bytes of a memory-mapped file (byte tokenizer).
     Mapped(Mmap),
@@ -20,6 +23,69 @@ pub enum TokenStore {
     U16(Vec<u16>),
     /// Ids of a larger vocabulary.
     U32(Vec<u32>),
+    /// Memory-mapped ids of a vocabulary of at most 65 536 tokens.
+    MappedU16(MappedIds<u16>),
+    /// Memory-mapped ids of a larger vocabulary.
+    MappedU32(MappedIds<u32>),
+}
+
+/// Token ids of type `u16` or `u32` in a memory-mapped file, written by this
+/// process (native-endian) and mapped read-only.
+pub struct MappedIds<T> {
+    map: Mmap,
+    len: usize,
+    _ids: PhantomData<T>,
+}
+
+/// Reinterprets the first `len` ids of the map. Only instantiated for `u16`
+/// and `u32`.
+fn ids_of<T: Copy>(map: &Mmap, len: usize) -> &[T] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: `MappedIds::new` checked that the map starts at an address
+    // aligned for `T` (maps are page-aligned) and holds at least `len` ids;
+    // every bit pattern is a valid `u16`/`u32`; the map is read-only and
+    // lives as long as the returned slice borrows it.
+    unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<T>(), len) }
+}
+
+impl<T: Copy> MappedIds<T> {
+    /// `len` ids at the start of `map`; `None` unless the map holds them and
+    /// is aligned for `T`.
+    pub(crate) fn new(map: Mmap, len: usize) -> Option<Self> {
+        let bytes = len.checked_mul(std::mem::size_of::<T>())?;
+        let aligned = map.as_ptr().cast::<T>().is_aligned();
+        (map.len() >= bytes && (aligned || len == 0)).then_some(MappedIds {
+            map,
+            len,
+            _ids: PhantomData,
+        })
+    }
+
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no ids.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl MappedIds<u16> {
+    /// The ids.
+    pub fn as_slice(&self) -> &[u16] {
+        ids_of(&self.map, self.len)
+    }
+}
+
+impl MappedIds<u32> {
+    /// The ids.
+    pub fn as_slice(&self) -> &[u32] {
+        ids_of(&self.map, self.len)
+    }
 }
 
 impl fmt::Debug for TokenStore {
@@ -29,6 +95,8 @@ impl fmt::Debug for TokenStore {
             TokenStore::Bytes(_) => "Bytes",
             TokenStore::U16(_) => "U16",
             TokenStore::U32(_) => "U32",
+            TokenStore::MappedU16(_) => "MappedU16",
+            TokenStore::MappedU32(_) => "MappedU32",
         };
         write!(f, "TokenStore::{kind}(len {})", self.len())
     }
@@ -52,6 +120,8 @@ impl TokenStore {
             TokenStore::Bytes(v) => v.len(),
             TokenStore::U16(v) => v.len(),
             TokenStore::U32(v) => v.len(),
+            TokenStore::MappedU16(m) => m.len(),
+            TokenStore::MappedU32(m) => m.len(),
         }
     }
 
@@ -67,6 +137,8 @@ impl TokenStore {
             TokenStore::Bytes(v) => v.get(i).map(|&b| b as u32),
             TokenStore::U16(v) => v.get(i).map(|&t| t as u32),
             TokenStore::U32(v) => v.get(i).copied(),
+            TokenStore::MappedU16(m) => m.as_slice().get(i).map(|&t| t as u32),
+            TokenStore::MappedU32(m) => m.as_slice().get(i).copied(),
         }
     }
 
@@ -86,6 +158,8 @@ impl TokenStore {
             TokenStore::Bytes(v) => widen(&v[start..end], out),
             TokenStore::U16(v) => widen(&v[start..end], out),
             TokenStore::U32(v) => out.copy_from_slice(&v[start..end]),
+            TokenStore::MappedU16(m) => widen(&m.as_slice()[start..end], out),
+            TokenStore::MappedU32(m) => out.copy_from_slice(&m.as_slice()[start..end]),
         }
         true
     }

@@ -153,6 +153,12 @@ impl<T> Buf<T> {
             cells: unsafe { Box::from_raw(raw) },
         }
     }
+    /// Gives the allocation back as a vector (no copy).
+    fn into_vec(self) -> Vec<T> {
+        let raw = Box::into_raw(self.cells) as *mut [T];
+        // SAFETY: as in `from_vec`, the other way round.
+        unsafe { Box::from_raw(raw) }.into_vec()
+    }
     fn len(&self) -> usize {
         self.cells.len()
     }
@@ -892,8 +898,12 @@ pub fn leaf_block_units(shape: Shape, units: usize, leaves: Range<u32>) -> Range
     first(leaves.start)..first(leaves.end)
 }
 
-impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for Hierarchy<A, K> {
-    fn drop(&mut self) {
+impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Hierarchy<A, K> {
+    /// Stop and join the workers (their scratch is freed with them).
+    fn stop_workers(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
         let sh = &*self.shared;
         // SAFETY: workers are parked (or already gone after a failure, which
         // still leaves them parked: a failed step completes for everyone).
@@ -903,6 +913,24 @@ impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for
             w.thread().unpark();
             let _ = w.join();
         }
+    }
+
+    /// Stop the workers and hand back the parameters without copying them
+    /// (what `params().to_vec()` then `drop` would give, without holding
+    /// two copies at once).
+    pub fn into_params(mut self) -> Vec<f32> {
+        self.stop_workers();
+        match Arc::get_mut(&mut self.shared) {
+            // Every worker has exited and dropped its handle.
+            Some(sh) => std::mem::replace(&mut sh.params, Buf::from_vec(Vec::new())).into_vec(),
+            None => self.params().to_vec(),
+        }
+    }
+}
+
+impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for Hierarchy<A, K> {
+    fn drop(&mut self) {
+        self.stop_workers();
     }
 }
 

@@ -208,6 +208,33 @@ fn train_step_updates_parameters_identically() {
 }
 
 #[test]
+fn into_params_hands_back_the_trained_parameters() {
+    let mut h = Hierarchy::new(
+        MODEL,
+        params(),
+        F32Acc,
+        Portable,
+        Arc::new(Hashed),
+        cfg(1, 4, 2, 8),
+    )
+    .unwrap();
+    let up = UpdateSettings {
+        optimizer: Optimizer::Sgd(cllm_core::optim::Sgd {
+            lr: 1e-2,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        }),
+        lr: 1e-2,
+        grad_clip: 0.0,
+        t: 1,
+    };
+    h.train_step(0, up).unwrap();
+    let want = bits(h.params());
+    assert_ne!(want, bits(&params()), "parameters moved");
+    assert!(bits(&h.into_params()) == want);
+}
+
+#[test]
 fn a_failed_unit_is_recomputed_with_the_same_result() {
     let c = cfg(1, 12, 2, 12);
     let want = bits(&parallel(&F32Acc, c, 2));

@@ -34,7 +34,8 @@ def cllm(args):
             header = cells
         elif header and len(cells) == len(header) and cells[0] != "---":
             r = dict(zip(header, cells))
-            rows[int(r["threads"])] = (float(r["tokens/s"]), float(r["peak RSS MiB"]),
+            rss = next(v for k, v in r.items() if k.startswith("peak RSS"))
+            rows[int(r["threads"])] = (float(r["tokens/s"]), float(rss),
                                        float(r["best-step tokens/s"]))
     if set(rows) != {1, 2}:
         sys.exit(f"could not parse bench_train output:\n{out}")

@@ -6,10 +6,15 @@
 //! cargo run --release --example bench_train -- --config small --threads 1,2 --depth 1
 //! cargo run --release --example bench_train -- --config small --threads 2 --depth 0,1,2,3
 //! cargo run --release --example bench_train -- --config medium --threads 2 --steps 5
+//! cargo run --release --example bench_train -- --config medium --threads 2 --micro-batch 1,2,4 --steps 3 --warmup 1
 //! ```
 //! Every combination of the comma-separated lists runs in the same process,
 //! one after the other, so rows are comparable; compare ratios, not absolute
-//! figures, on a noisy machine.
+//! figures, on a noisy machine. Peak RSS is the process's high-water mark
+//! while the row ran: on Linux it is reset before each row (through
+//! `/proc/self/clear_refs`; where that fails the column is the peak since
+//! the process started, and the header says so). "est. MiB" is what the
+//! hierarchy's buffers take (`Hierarchy::memory_bytes`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,7 +59,7 @@ struct Args {
     branching: u32,
     steps: usize,
     warmup: usize,
-    micro_batch: Option<usize>,
+    micro_batches: Option<Vec<usize>>,
     accumulators: Vec<String>,
     kernels: Vec<String>,
     data: String,
@@ -77,7 +82,7 @@ fn parse() -> Result<Args, String> {
         branching: 12,
         steps: 20,
         warmup: 2,
-        micro_batch: None,
+        micro_batches: None,
         accumulators: vec!["f32".into()],
         kernels: vec!["auto".into()],
         data: format!(
@@ -96,13 +101,13 @@ fn parse() -> Result<Args, String> {
             "--branching" => a.branching = val()?.parse().map_err(|_| "bad branching")?,
             "--steps" => a.steps = val()?.parse().map_err(|_| "bad steps")?,
             "--warmup" => a.warmup = val()?.parse().map_err(|_| "bad warmup")?,
-            "--micro-batch" => a.micro_batch = Some(val()?.parse().map_err(|_| "bad micro-batch")?),
+            "--micro-batch" => a.micro_batches = Some(list(&val()?, "micro-batch")?),
             "--accumulator" => a.accumulators = list(&val()?, "accumulator")?,
             "--kernels" => a.kernels = list(&val()?, "kernels")?,
             "--data" => a.data = val()?,
             "--pin" => a.pin = true,
             "--help" | "-h" => {
-                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch M --accumulator f32,fixed,exact --kernels auto,portable --data FILE --pin (worker i on core i)");
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable --data FILE --pin (worker i on core i)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
@@ -118,6 +123,12 @@ fn config(name: &str) -> Result<(usize, usize, usize, usize, usize), String> {
         "medium" => Ok((6, 6, 384, 256, 64)),
         _ => Err(format!("unknown config {name} (small or medium)")),
     }
+}
+
+/// Start a new high-water mark for the process's RSS (Linux 4.0+: writing 5
+/// to `clear_refs` resets `VmHWM` to the current RSS). False if unsupported.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -148,6 +159,7 @@ fn matmul_peak<K: Kernels<f32>>(k: &K) -> f64 {
 }
 
 struct Row {
+    memory_bytes: usize,
     tokens_per_s: f64,
     /// Tokens/s of the fastest step: robust to a machine busy in bursts.
     best_tokens_per_s: f64,
@@ -221,6 +233,7 @@ where
     let per_token =
         6.0 * model.num_params() as f64 + 12.0 * (model.n_layer * seq * model.n_embd) as f64;
     Ok(Row {
+        memory_bytes: h.memory_bytes(),
         tokens_per_s: tokens / secs,
         best_tokens_per_s: (units * mb * seq) as f64 / best,
         ms_per_step: 1000.0 * secs / args.steps as f64,
@@ -260,10 +273,21 @@ fn real_main() -> Result<(), String> {
         batch,
         model.num_params()
     );
+    let per_row = reset_peak_rss();
     println!(
-        "| kernels | accumulator | threads | depth | branching | units×micro-batch | tokens/s | ms/step | model GFLOP/s | % of peak | peak RSS MiB | loss | best-step tokens/s |"
+        "| kernels | accumulator | threads | depth | branching | units×micro-batch | tokens/s | ms/step | model GFLOP/s | % of peak | {} MiB | est. MiB | loss | best-step tokens/s |",
+        if per_row {
+            "peak RSS"
+        } else {
+            "peak RSS since start"
+        }
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let micro_batches = |threads: usize| {
+        args.micro_batches
+            .clone()
+            .unwrap_or_else(|| vec![(batch / threads.max(1)).max(1)])
+    };
     for kname in &args.kernels {
         let choice = match kname.as_str() {
             "auto" => KernelChoice::Auto,
@@ -274,11 +298,12 @@ fn real_main() -> Result<(), String> {
         let peak1 = matmul_peak(&kernels);
         for acc_name in &args.accumulators {
             for &threads in &args.threads {
-                for &depth in &args.depths {
-                    let mb = args
-                        .micro_batch
-                        .unwrap_or_else(|| (batch / threads.max(1)).max(1));
-                    if batch % mb != 0 {
+                for (&depth, mb) in args
+                    .depths
+                    .iter()
+                    .flat_map(|d| micro_batches(threads).into_iter().map(move |m| (d, m)))
+                {
+                    if mb == 0 || batch % mb != 0 {
                         return Err(format!(
                             "batch {batch} is not a multiple of micro-batch {mb}"
                         ));
@@ -291,6 +316,9 @@ fn real_main() -> Result<(), String> {
                         seq,
                     });
                     let k = kernels;
+                    if per_row {
+                        reset_peak_rss();
+                    }
                     let row = match acc_name.as_str() {
                         "f32" => run(model, F32Acc, k, source, shape, threads, units, &args)?,
                         "fixed" => run(
@@ -313,7 +341,7 @@ fn real_main() -> Result<(), String> {
                                 .unwrap_or(1),
                         ) as f64;
                     println!(
-                        "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0} | {:.3} | {:.0} |",
+                        "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0} | {:.0} | {:.3} | {:.0} |",
                         kernels.describe(),
                         acc_name,
                         threads,
@@ -326,6 +354,7 @@ fn real_main() -> Result<(), String> {
                         row.gflops,
                         100.0 * row.gflops / peak,
                         peak_rss_mib(),
+                        row.memory_bytes as f64 / (1 << 20) as f64,
                         row.loss,
                         row.best_tokens_per_s
                     );

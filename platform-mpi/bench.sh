@@ -12,7 +12,7 @@ data="${CLLM_TEST_DATA:-$root/../shared/data/tinyshakespeare/input.txt}"
 mkdir -p "$out"
 cd "$root"
 cargo build --release -p cllm-mpi
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 mpi=(mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo)
 [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
 lo_tx() { awk '$1 == "lo:" { print $10 }' /proc/net/dev; }

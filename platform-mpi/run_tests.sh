@@ -24,7 +24,7 @@ command -v mpirun >/dev/null || { echo "run_tests.sh: mpirun not found (apt-get 
 cd "$root"
 cargo build --release -p cllm-mpi
 cargo test --release -p cllm-mpi
-bin="$root/target/release/train_mpi"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/train_mpi"
 
 mpi=(mpirun --oversubscribe)
 [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)

@@ -81,6 +81,9 @@ proptest! {
         // Every addition merges two partial sums into one: n units, n - 1 adds.
         prop_assert_eq!(adds, units.saturating_sub(1));
         prop_assert_eq!(plan.root().is_some(), units > 0);
+        // The sum ends where unit 0 was computed (executors keep the
+        // gradient there instead of copying it out).
+        prop_assert_eq!(plan.root(), (units > 0).then_some(0));
     }
 }
 

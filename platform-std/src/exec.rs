@@ -34,7 +34,7 @@ use cllm_core::accumulate::{AccError, Accumulator, F32Acc};
 use cllm_core::kernels::Kernels;
 use cllm_core::model::{self, GptConfig, ModelError};
 use cllm_core::optim::{self, OptimError};
-use cllm_core::reduce::{FoldPlan, RelaxStrategy, Segments, SpinBarrier};
+use cllm_core::reduce::{FoldPlan, RelaxStrategy, Segments, SpinBarrier, SEGMENT_LEN};
 use cllm_core::tree::Shape;
 
 /// Where the tokens of a work unit come from. Must be a pure function of its
@@ -144,6 +144,21 @@ impl<T> Buf<T> {
             cells: (0..len).map(|_| UnsafeCell::new(make())).collect(),
         }
     }
+    /// Takes over `v`'s allocation (no copy).
+    fn from_vec(v: Vec<T>) -> Self {
+        let raw = Box::into_raw(v.into_boxed_slice()) as *mut [UnsafeCell<T>];
+        // SAFETY: UnsafeCell<T> is repr(transparent) over T, so the slice
+        // has the same layout and the allocation is freed with it.
+        Self {
+            cells: unsafe { Box::from_raw(raw) },
+        }
+    }
+    /// Gives the allocation back as a vector (no copy).
+    fn into_vec(self) -> Vec<T> {
+        let raw = Box::into_raw(self.cells) as *mut [T];
+        // SAFETY: as in `from_vec`, the other way round.
+        unsafe { Box::from_raw(raw) }.into_vec()
+    }
     fn len(&self) -> usize {
         self.cells.len()
     }
@@ -172,6 +187,14 @@ impl<T> Buf<T> {
     #[allow(clippy::mut_from_ref)]
     unsafe fn all_mut(&self) -> &mut [T] {
         unsafe { self.get_mut(0..self.len()) }
+    }
+}
+
+impl Buf<f32> {
+    /// A zeroed buffer whose pages the OS provides on first touch, so a
+    /// buffer a run never writes (SGD's second moment, say) takes no memory.
+    fn zeros(len: usize) -> Self {
+        Self::from_vec(vec![0.0; len])
     }
 }
 
@@ -287,6 +310,16 @@ const MAX_PENDING: usize = MAX_THREADS * MAX_UNIT_BUFFERS;
 /// Unit buffers per worker stay within this many bytes.
 const UNIT_BUFFER_BYTES: usize = 64 << 20;
 
+/// The slot that holds the step's gradient once the units are reduced.
+///
+/// f32: the [`FoldPlan`]'s root is always its buffer 0 (the one unit 0 is
+/// computed into, which only ever moves up the tree), so the fold leaves the
+/// sum there and nothing is copied. Associative: worker 0's first unit
+/// buffer, written by the reduction only after (segment by segment) it has
+/// been read. Either way the slot is free again until the next job computes
+/// units, which is what makes it the gradient between jobs.
+const GRAD: usize = 0;
+
 /// How many unit gradients a worker buffers: enough for its share of the
 /// step when that is cheap, so wide accumulator cells are touched once per
 /// step, and at least one.
@@ -294,6 +327,30 @@ fn unit_buffers_per_worker(units: usize, threads: usize, params: usize) -> usize
     let share = units.div_ceil(threads.max(1));
     let fit = UNIT_BUFFER_BYTES / (params.max(1) * std::mem::size_of::<f32>());
     share.min(fit).clamp(1, MAX_UNIT_BUFFERS)
+}
+
+/// Units per f32 fold round: one per worker, but no more than a step has
+/// (the bits do not depend on it; unit buffers beyond it would never be used).
+fn fold_width(cfg: &ExecConfig) -> usize {
+    cfg.threads.min(cfg.units).max(1)
+}
+
+/// The parameter-sized reduction buffers a hierarchy running `cfg` holds for
+/// a model of `params` parameters: `(f32 buffers, accumulators)`.
+///
+/// The f32 buffers include the one that holds the gradient between steps:
+/// for f32 the fold plan's `threads + depth + 1` (fewer threads when a step
+/// has fewer units), for an associative accumulator each worker's unit
+/// buffers (its share of the step, at most 8 and 64 MiB). An associative
+/// accumulator adds one accumulator per worker. Besides these the hierarchy
+/// holds the parameters and the optimizer's two moments.
+pub fn reduction_buffers(cfg: &ExecConfig, associative: bool, params: usize) -> (usize, usize) {
+    if associative {
+        let per_worker = unit_buffers_per_worker(cfg.units, cfg.threads, params);
+        (cfg.threads * per_worker, cfg.threads)
+    } else {
+        (FoldPlan::buffers_for(cfg.shape.depth(), fold_width(cfg)), 0)
+    }
 }
 
 struct Shared<A: Accumulator, K> {
@@ -308,11 +365,11 @@ struct Shared<A: Accumulator, K> {
     owned: Buf<usize>,
 
     params: Buf<f32>,
-    grads: Buf<f32>,
     m: Buf<f32>,
     v: Buf<f32>,
-    /// f32 mode: the FoldPlan's physical buffers; associative mode: one unit
-    /// gradient buffer per worker.
+    /// f32 mode: the FoldPlan's physical buffers; associative mode: the
+    /// workers' unit gradient buffers. `slots[GRAD]` doubles as the gradient
+    /// buffer (see [`GRAD`]), so there is no separate one.
     slots: Vec<Buf<f32>>,
     /// Associative mode: one accumulator per worker.
     accs: Vec<Buf<A::Cell>>,
@@ -440,29 +497,20 @@ where
             ));
         }
         let t = cfg.threads;
-        let depth = cfg.shape.depth() as usize;
         let per_worker = unit_buffers_per_worker(cfg.units, t, p);
-        let slots = if A::ASSOCIATIVE {
-            t * per_worker
-        } else {
-            FoldPlan::buffers_for(depth as u32, t)
-        };
-        let accs = if A::ASSOCIATIVE { t } else { 0 };
+        let (slots, accs) = reduction_buffers(&cfg, A::ASSOCIATIVE, p);
         let segments = Segments::new(p);
         let owned = Buf::new(t + 1, || 0usize);
 
-        let param_buf = Buf::new(p, || 0.0f32);
-        // SAFETY: no worker exists yet.
-        unsafe { param_buf.all_mut() }.copy_from_slice(&params);
         let eval_units = source.eval_units();
         let shared = Arc::new(Shared {
             segments,
             owned,
-            params: param_buf,
-            grads: Buf::new(p, || 0.0),
-            m: Buf::new(p, || 0.0),
-            v: Buf::new(p, || 0.0),
-            slots: (0..slots).map(|_| Buf::new(p, || 0.0)).collect(),
+            // The caller's vector becomes the parameter buffer (no copy).
+            params: Buf::from_vec(params),
+            m: Buf::zeros(p),
+            v: Buf::zeros(p),
+            slots: (0..slots).map(|_| Buf::zeros(p)).collect(),
             accs: (0..accs).map(|_| Buf::new(p, || acc.zero_cell())).collect(),
             seg_norms: Buf::new(segments.count(), || 0.0),
             per_worker,
@@ -518,21 +566,23 @@ where
         })
     }
 
-    /// Bytes held by the hierarchy's buffers (parameters, gradients,
-    /// optimizer state, reduction buffers, per-worker scratch).
+    /// Bytes held by the hierarchy's buffers (parameters, optimizer state,
+    /// reduction buffers — the gradient is one of them — and per-worker
+    /// scratch).
     pub fn memory_bytes(&self) -> usize {
         let sh = &self.shared;
         let p = sh.params.len();
         let f = std::mem::size_of::<f32>();
         let cell = std::mem::size_of::<A::Cell>();
         let work = sh.model.activation_len(sh.cfg.micro_batch, sh.cfg.seq_len);
-        4 * p * f
+        3 * p * f
             + sh.slots.len() * p * f
             + sh.accs.len() * p * cell
             + sh.cfg.threads * (work * f + 2 * sh.cfg.micro_batch * sh.cfg.seq_len * 4)
     }
 
-    /// Number of gradient buffers (f32 slots plus accumulators) — the figure
+    /// Number of gradient buffers (f32 slots, the one holding the gradient
+    /// included, plus accumulators; see [`reduction_buffers`]) — the figure
     /// that must stay `O((threads + depth))`, never `O(spheres)`.
     pub fn gradient_buffers(&self) -> usize {
         self.shared.slots.len() + self.shared.accs.len()
@@ -567,10 +617,15 @@ where
         unsafe { (self.shared.m.all_mut(), self.shared.v.all_mut()) }
     }
 
-    /// The mean gradient of the last step (after reduction, before clipping).
+    /// The mean gradient of the last step (after reduction, before clipping),
+    /// or, after [`compute_partial`](Self::compute_partial) with f32, the
+    /// block's sum. It lives in a reduction buffer, so the next training job
+    /// overwrites it (and `compute_partial` with an associative accumulator,
+    /// whose sum is in [`merged_cells`](Self::merged_cells), leaves it
+    /// meaningless until [`finish_gradients`](Self::finish_gradients)).
     pub fn gradients(&self) -> &[f32] {
         // SAFETY: as for `params`.
-        unsafe { self.shared.grads.all() }
+        unsafe { self.shared.slots[GRAD].all() }
     }
 
     /// Test hook: make a unit's computation panic (see [`FailureInjection`]).
@@ -689,7 +744,7 @@ where
     /// [`finish_gradients`](Self::finish_gradients).
     pub fn gradients_mut(&mut self) -> &mut [f32] {
         // SAFETY: as for `params_mut`.
-        unsafe { self.shared.grads.all_mut() }
+        unsafe { self.shared.slots[GRAD].all_mut() }
     }
 
     /// The fixed segments of the parameter vector.
@@ -843,8 +898,12 @@ pub fn leaf_block_units(shape: Shape, units: usize, leaves: Range<u32>) -> Range
     first(leaves.start)..first(leaves.end)
 }
 
-impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for Hierarchy<A, K> {
-    fn drop(&mut self) {
+impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Hierarchy<A, K> {
+    /// Stop and join the workers (their scratch is freed with them).
+    fn stop_workers(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
         let sh = &*self.shared;
         // SAFETY: workers are parked (or already gone after a failure, which
         // still leaves them parked: a failed step completes for everyone).
@@ -854,6 +913,24 @@ impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for
             w.thread().unpark();
             let _ = w.join();
         }
+    }
+
+    /// Stop the workers and hand back the parameters without copying them
+    /// (what `params().to_vec()` then `drop` would give, without holding
+    /// two copies at once).
+    pub fn into_params(mut self) -> Vec<f32> {
+        self.stop_workers();
+        match Arc::get_mut(&mut self.shared) {
+            // Every worker has exited and dropped its handle.
+            Some(sh) => std::mem::replace(&mut sh.params, Buf::from_vec(Vec::new())).into_vec(),
+            None => self.params().to_vec(),
+        }
+    }
+}
+
+impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Drop for Hierarchy<A, K> {
+    fn drop(&mut self) {
+        self.stop_workers();
     }
 }
 
@@ -1139,6 +1216,11 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             self.wait()?;
             // SAFETY: written by their owners before the barrier.
             let (pend, done) = unsafe { (self.pending.all(), self.flushed.all()) };
+            // Is the gradient slot (worker 0's first unit buffer) one of the
+            // summands? Then each segment's sum goes through `tmp`.
+            let grad_pending = pend[0] > 0;
+            debug_assert!(GRAD == 0 && self.slots.len() >= k);
+            let mut tmp = [0.0f32; SEGMENT_LEN];
             for s in self.segments.owned(id, t) {
                 let r = self.segments.range(s);
                 let fail = |e: AccError| self.fail(ExecError::Accumulate(e.offset(r.start)));
@@ -1172,16 +1254,31 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                     cells[nc] = unsafe { self.accs[w].get(r.clone()) };
                     nc += 1;
                 }
-                let g = unsafe { self.grads.get_mut(r.clone()) };
-                self.acc
-                    .sum_round(&cells[..nc], &xs[..nx], g)
-                    .map_err(fail)?;
-                self.finish_segment(s, g, inv_units);
+                if grad_pending {
+                    let out = &mut tmp[..r.len()];
+                    self.acc
+                        .sum_round(&cells[..nc], &xs[..nx], out)
+                        .map_err(fail)?;
+                    // The summands' slices are not used past this point.
+                    // SAFETY: segment s of the gradient slot belongs to
+                    // worker id, and its sum has been read.
+                    let g = unsafe { self.slots[GRAD].get_mut(r.clone()) };
+                    g.copy_from_slice(out);
+                    self.finish_segment(s, g, inv_units);
+                } else {
+                    // SAFETY: the gradient slot is no summand; segment s of
+                    // it belongs to worker id.
+                    let g = unsafe { self.slots[GRAD].get_mut(r.clone()) };
+                    self.acc
+                        .sum_round(&cells[..nc], &xs[..nx], g)
+                        .map_err(fail)?;
+                    self.finish_segment(s, g, inv_units);
+                }
             }
         } else {
             // The block's units folded as if they were a whole step of this
             // shape (for the whole step: the canonical fold).
-            let mut plan = FoldPlan::new(self.cfg.shape, units.len(), t)
+            let mut plan = FoldPlan::new(self.cfg.shape, units.len(), fold_width(&self.cfg))
                 .map_err(|e| self.fail(ExecError::Config(e.to_string())))?;
             while let Some(round) = plan.next_round() {
                 if let Some(buf) = round.unit_buffer(id) {
@@ -1208,16 +1305,21 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 }
                 self.wait()?;
             }
+            // The sum is already in the gradient slot (the plan's root is
+            // buffer 0, the first unit's, whatever the shape and width).
             let root = plan.root();
+            if root.is_some_and(|b| b != GRAD) {
+                return Err(self.fail(ExecError::Config(format!(
+                    "the fold plan left the sum in buffer {root:?}, not {GRAD}"
+                ))));
+            }
             for s in self.segments.owned(id, t) {
                 let r = self.segments.range(s);
-                // SAFETY: segment s belongs to worker id.
-                let g = unsafe { self.grads.get_mut(r.clone()) };
-                match root {
-                    // SAFETY: slots are only read in this phase.
-                    Some(root) => g.copy_from_slice(unsafe { self.slots[root].get(r.clone()) }),
+                // SAFETY: segment s of the gradient slot belongs to worker id.
+                let g = unsafe { self.slots[GRAD].get_mut(r.clone()) };
+                if root.is_none() {
                     // Only a partial block can be empty: its sum is zero.
-                    None => g.fill(0.0),
+                    g.fill(0.0);
                 }
                 if !partial {
                     self.finish_segment(s, g, inv_units);
@@ -1241,7 +1343,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         for s in (segments.start + id..segments.end).step_by(self.cfg.threads) {
             let r = self.segments.range(s);
             // SAFETY: segment s belongs to worker id in this job.
-            let g = unsafe { self.grads.get_mut(r.clone()) };
+            let g = unsafe { self.slots[GRAD].get_mut(r.clone()) };
             if A::ASSOCIATIVE {
                 let cells = unsafe { self.accs[0].get(r.clone()) };
                 self.acc
@@ -1268,7 +1370,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             let (p, g, m, v) = unsafe {
                 (
                     self.params.get_mut(r.clone()),
-                    self.grads.get(r.clone()),
+                    self.slots[GRAD].get(r.clone()),
                     self.m.get_mut(r.clone()),
                     self.v.get_mut(r.clone()),
                 )

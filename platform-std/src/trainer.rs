@@ -853,10 +853,10 @@ where
     let model = LoadedGpt {
         dir: run_dir.clone(),
         config: prep.model,
-        params: h.params().to_vec(),
+        // The workers stop and the parameters move out (no second copy).
+        params: h.into_params(),
         tokenizer: prep.tokenizer.clone(),
     };
-    drop(h);
     Ok(TrainOutcome {
         run_dir,
         config: cfg,

@@ -208,6 +208,33 @@ fn train_step_updates_parameters_identically() {
 }
 
 #[test]
+fn into_params_hands_back_the_trained_parameters() {
+    let mut h = Hierarchy::new(
+        MODEL,
+        params(),
+        F32Acc,
+        Portable,
+        Arc::new(Hashed),
+        cfg(1, 4, 2, 8),
+    )
+    .unwrap();
+    let up = UpdateSettings {
+        optimizer: Optimizer::Sgd(cllm_core::optim::Sgd {
+            lr: 1e-2,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        }),
+        lr: 1e-2,
+        grad_clip: 0.0,
+        t: 1,
+    };
+    h.train_step(0, up).unwrap();
+    let want = bits(h.params());
+    assert_ne!(want, bits(&params()), "parameters moved");
+    assert!(bits(&h.into_params()) == want);
+}
+
+#[test]
 fn a_failed_unit_is_recomputed_with_the_same_result() {
     let c = cfg(1, 12, 2, 12);
     let want = bits(&parallel(&F32Acc, c, 2));
@@ -305,6 +332,73 @@ fn gradient_memory_does_not_grow_with_the_tree() {
     )
     .unwrap();
     assert_eq!(h0.gradient_buffers(), h.gradient_buffers());
+}
+
+/// One hierarchy, several jobs: the gradient lives in a reduction buffer
+/// that the next job reuses, so nothing of one step may leak into the next;
+/// with fewer units than threads the spare workers have no unit buffer.
+fn steps_match_sequential<A: Accumulator + Send + Clone + 'static>(acc: &A, name: &str)
+where
+    A::Cell: 'static,
+{
+    for (d, b) in [(0u32, 1u32), (1, 12), (2, 2)] {
+        let shape = Shape::new(d, b).unwrap();
+        for units in 1..=3 {
+            for threads in [1usize, 2, 3, 5] {
+                let c = cfg(d, b, threads, units);
+                let mut h =
+                    Hierarchy::new(MODEL, params(), acc.clone(), Portable, Arc::new(Hashed), c)
+                        .unwrap();
+                if !A::ASSOCIATIVE {
+                    let width = threads.min(units) as u32;
+                    assert_eq!(h.gradient_buffers(), (width + d + 1) as usize);
+                }
+                for step in [4u64, 5, 4] {
+                    h.compute_gradients(step).unwrap();
+                    assert!(
+                        bits(h.gradients()) == bits(&sequential(acc, shape, units, step)),
+                        "{name} depth {d} branching {b} units {units} threads {threads} step {step}"
+                    );
+                    assert!(h.evaluate().unwrap().is_some());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_job_starts_clean_even_with_more_threads_than_units() {
+    use cllm_core::accumulate::ExactAcc;
+    steps_match_sequential(&F32Acc, "f32");
+    steps_match_sequential(&FixedAcc::default(), "fixed");
+    steps_match_sequential(&ExactAcc, "exact");
+}
+
+#[test]
+fn the_trainer_memory_estimate_is_what_the_hierarchy_holds() {
+    use cllm_core::accumulate::ExactAcc;
+    use cllm_std::trainer::{estimate_memory, AccumulatorKind};
+    fn check<A: Accumulator + Send + 'static>(acc: A, kind: AccumulatorKind, c: ExecConfig)
+    where
+        A::Cell: 'static,
+    {
+        let h = Hierarchy::new(MODEL, params(), acc, Portable, Arc::new(Hashed), c).unwrap();
+        assert_eq!(
+            estimate_memory(&MODEL, &c, kind, 0),
+            (h.memory_bytes() as u128, h.gradient_buffers()),
+            "{kind} {c:?}"
+        );
+    }
+    for c in [
+        cfg(0, 1, 1, 1),
+        cfg(1, 12, 2, 12),
+        cfg(3, 2, 4, 3),
+        cfg(2, 3, 3, 40),
+    ] {
+        check(F32Acc, AccumulatorKind::F32, c);
+        check(FixedAcc::default(), AccumulatorKind::Fixed, c);
+        check(ExactAcc, AccumulatorKind::Exact, c);
+    }
 }
 
 #[test]

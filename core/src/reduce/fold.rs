@@ -172,6 +172,12 @@ impl FoldPlan {
     /// The physical buffer holding the root's value once every round has
     /// been taken; `None` before that, and when there are no units (the
     /// reduced gradient is then zero).
+    ///
+    /// It is always buffer 0, the one unit 0 is computed into: the first
+    /// unit starts every sphere that contains it, so its buffer only moves
+    /// up (a MOVE renames, it never copies) and the later children are
+    /// added into it. An executor can therefore keep the reduced gradient
+    /// in buffer 0 without copying it out.
     pub fn root(&self) -> Option<usize> {
         if self.geom.units == 0 || self.next_unit < self.geom.units {
             None

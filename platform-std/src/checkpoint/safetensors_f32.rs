@@ -60,8 +60,21 @@ impl View for F32View<'_> {
         self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        // safetensors is little-endian by definition; converting explicitly
-        // keeps the file identical on any host.
+        // safetensors is little-endian by definition. On a little-endian
+        // host the values' memory already is the file's bytes: borrow it, so
+        // writing a parameter-sized tensor (the optimizer's moments) does not
+        // hold a second copy of it.
+        if cfg!(target_endian = "little") {
+            // SAFETY: every f32 is 4 initialised bytes and u8 has no
+            // alignment requirement; the slice borrows `self.data`.
+            return Cow::Borrowed(unsafe {
+                std::slice::from_raw_parts(
+                    self.data.as_ptr().cast::<u8>(),
+                    std::mem::size_of_val(self.data),
+                )
+            });
+        }
+        // Elsewhere, converting explicitly keeps the file identical.
         let mut bytes = Vec::with_capacity(self.data.len() * 4);
         for v in self.data {
             bytes.extend_from_slice(&v.to_le_bytes());

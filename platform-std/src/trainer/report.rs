@@ -5,11 +5,10 @@ use std::fmt::Write as _;
 
 use cllm_core::accumulate::{Accumulator, ExactAcc, FixedAcc};
 use cllm_core::model::GptConfig;
-use cllm_core::reduce::FoldPlan;
 use cllm_core::tree::Shape;
 
 use crate::data::human_bytes;
-use crate::exec::ExecConfig;
+use crate::exec::{reduction_buffers, ExecConfig};
 
 use super::config::{AccumulatorKind, ConfigError};
 
@@ -25,11 +24,13 @@ fn cell_bytes(kind: AccumulatorKind, precision: u32) -> u128 {
     }
 }
 
-/// What the hierarchy's buffers will take, in bytes: parameters, gradients,
-/// AdamW's two moments, the reduction buffers (f32: the fold plan's slots,
-/// which grow with depth; associative: one unit buffer and one accumulator
-/// per thread) and each thread's activations. Mirrors
-/// [`Hierarchy::memory_bytes`](crate::exec::Hierarchy::memory_bytes).
+/// What the hierarchy's buffers will take, in bytes: parameters, AdamW's two
+/// moments, the reduction buffers (f32: the fold plan's slots, which grow
+/// with depth; associative: each thread's unit buffers and accumulator; the
+/// gradient lives in one of them) and each thread's activations, with the
+/// number of reduction buffers. Mirrors
+/// [`Hierarchy::memory_bytes`](crate::exec::Hierarchy::memory_bytes) and
+/// [`Hierarchy::gradient_buffers`](crate::exec::Hierarchy::gradient_buffers).
 pub fn estimate_memory(
     model: &GptConfig,
     exec: &ExecConfig,
@@ -39,19 +40,14 @@ pub fn estimate_memory(
     let p = model.num_params() as u128;
     let t = exec.threads as u128;
     let assoc = kind != AccumulatorKind::F32;
-    let slots = if assoc {
-        exec.threads
-    } else {
-        FoldPlan::buffers_for(exec.shape.depth(), exec.threads)
-    };
-    let accs = if assoc { t } else { 0 };
+    let (slots, accs) = reduction_buffers(exec, assoc, model.num_params());
     let work = model.activation_len(exec.micro_batch, exec.seq_len) as u128;
     let io = 2 * (exec.micro_batch * exec.seq_len) as u128 * 4;
-    let bytes = 4 * p * 4
+    let bytes = 3 * p * 4
         + slots as u128 * p * 4
-        + accs * p * cell_bytes(kind, precision)
+        + accs as u128 * p * cell_bytes(kind, precision)
         + t * (work * 4 + io);
-    (bytes, slots + accs as usize)
+    (bytes, slots + accs)
 }
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes (`None` where there is no

@@ -1280,7 +1280,14 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             // shape (for the whole step: the canonical fold).
             let mut plan = FoldPlan::new(self.cfg.shape, units.len(), fold_width(&self.cfg))
                 .map_err(|e| self.fail(ExecError::Config(e.to_string())))?;
+            let (rounds, mut round_no) = (plan.rounds(), 0);
             while let Some(round) = plan.next_round() {
+                round_no += 1;
+                // In the last round each owner scales its segments and takes
+                // their norms right after their last add, while they are in
+                // cache, and without another barrier: the same worker owns
+                // the same segments in both phases.
+                let finish_here = round_no == rounds && !partial;
                 if let Some(buf) = round.unit_buffer(id) {
                     let u = units.start + round.units().start + id;
                     self.run_unit(id, step, u, buf, local)?;
@@ -1302,27 +1309,36 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                             .merge(d, x)
                             .map_err(|e| self.fail(ExecError::Accumulate(e.offset(r.start))))?;
                     }
+                    if finish_here {
+                        // SAFETY: segment s of the gradient slot belongs to
+                        // worker id.
+                        let g = unsafe { self.slots[GRAD].get_mut(r.clone()) };
+                        self.finish_segment(s, g, inv_units);
+                    }
                 }
-                self.wait()?;
+                if !finish_here {
+                    self.wait()?;
+                }
             }
-            // The sum is already in the gradient slot (the plan's root is
-            // buffer 0, the first unit's, whatever the shape and width).
+            // The sum is in the gradient slot: the plan's root is buffer 0,
+            // the first unit's, whatever the shape and width (checked so a
+            // future plan cannot silently train on the wrong buffer).
             let root = plan.root();
             if root.is_some_and(|b| b != GRAD) {
                 return Err(self.fail(ExecError::Config(format!(
                     "the fold plan left the sum in buffer {root:?}, not {GRAD}"
                 ))));
             }
-            for s in self.segments.owned(id, t) {
-                let r = self.segments.range(s);
-                // SAFETY: segment s of the gradient slot belongs to worker id.
-                let g = unsafe { self.slots[GRAD].get_mut(r.clone()) };
-                if root.is_none() {
+            if units.len() == 0 {
+                for s in self.segments.owned(id, t) {
+                    let r = self.segments.range(s);
+                    // SAFETY: segment s of the gradient slot belongs to worker id.
+                    let g = unsafe { self.slots[GRAD].get_mut(r.clone()) };
                     // Only a partial block can be empty: its sum is zero.
                     g.fill(0.0);
-                }
-                if !partial {
-                    self.finish_segment(s, g, inv_units);
+                    if !partial {
+                        self.finish_segment(s, g, inv_units);
+                    }
                 }
             }
         }

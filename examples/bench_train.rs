@@ -107,7 +107,7 @@ fn parse() -> Result<Args, String> {
             "--data" => a.data = val()?,
             "--pin" => a.pin = true,
             "--help" | "-h" => {
-                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable --data FILE --pin (worker i on core i)");
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512 --data FILE --pin (worker i on core i)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
@@ -292,6 +292,8 @@ fn real_main() -> Result<(), String> {
         let choice = match kname.as_str() {
             "auto" => KernelChoice::Auto,
             "portable" => KernelChoice::Portable,
+            "avx2" => KernelChoice::Avx2,
+            "avx512" => KernelChoice::Avx512,
             k => return Err(format!("unknown kernels {k}")),
         };
         let kernels = SimdKernels::new(choice).map_err(|e| e.to_string())?;

@@ -140,10 +140,11 @@ impl GptConfig {
     /// `usize::MAX` on overflow (no buffer is that long, so the model
     /// functions then report the problem).
     ///
-    /// Per block it stores `10·C·BT + 4·BT + B·H·T²` values (`BT = batch·seq`):
-    /// LayerNorm outputs and the GELU output are recomputed in backward
-    /// rather than stored, and one set of gradient-of-activation buffers
-    /// (`10·C·BT + T²`) is shared by all blocks.
+    /// Per block it stores `10·C·BT + 4·BT` values (`BT = batch·seq`):
+    /// LayerNorm outputs, the GELU output and the attention probabilities
+    /// are recomputed in backward rather than stored, and one set of
+    /// gradient-of-activation buffers (`10·C·BT + 2·T²`) is shared by all
+    /// blocks.
     pub fn activation_len(&self, batch: usize, seq: usize) -> usize {
         ActSizes::new(self, batch, seq).map_or(usize::MAX, |s| s.total)
     }
@@ -218,11 +219,11 @@ mod tests {
             n_head: 2,
         };
         let (b, t) = (3, 5);
-        let (c, l, v, h, bt) = (8, 2, 11, 2, b * t);
-        let per_layer = 10 * c * bt + 4 * bt + b * h * t * t;
+        let (c, l, v, bt) = (8, 2, 11, b * t);
+        let per_layer = 10 * c * bt + 4 * bt;
         assert_eq!(
             cfg.activation_len(b, t),
-            l * per_layer + (v + 11 * c + 3) * bt + t * t + 1
+            l * per_layer + (v + 11 * c + 3) * bt + 2 * t * t + 1
         );
         assert_eq!(cfg.kv_cache_len(), 2 * l * 8 * c);
         assert_eq!(cfg.infer_work_len(), 15 * c + 8 + 2);

@@ -95,6 +95,7 @@ pub fn forward<R: Real, K: Kernels<R>>(
             &mut la,
             w.s_ln,
             w.s_a,
+            w.probs,
             &sizes,
         );
     }
@@ -131,6 +132,7 @@ fn block_forward<R: Real, K: Kernels<R>>(
     la: &mut LayerActs<'_, R>,
     s_ln: &mut [R],
     s_a: &mut [R],
+    probs: &mut [R],
     sz: &ActSizes,
 ) {
     let (c, bt, eps) = (cfg.n_embd, sz.bt, R::from_f64(LN_EPS));
@@ -145,7 +147,7 @@ fn block_forward<R: Real, K: Kernels<R>>(
         eps,
     );
     matmul_forward(k, la.qkv, s_ln, lp.attn_w, lp.attn_b, bt, c, 3 * c);
-    attention_forward(k, la.atty, la.att, la.qkv, sz.b, sz.t, c, cfg.n_head);
+    attention_forward(k, la.atty, probs, la.qkv, sz.b, sz.t, c, cfg.n_head);
     matmul_forward(k, s_ln, la.atty, lp.proj_w, lp.proj_b, bt, c, c);
     k.add(la.res_mid, x_in, s_ln);
 
@@ -220,6 +222,7 @@ pub fn backward<R: Real, K: Kernels<R>>(
             s_ln: &mut *w.s_ln,
             s_a: &mut *w.s_a,
             s_b: &mut *w.s_b,
+            probs: &mut *w.probs,
             dpre: &mut *w.dpre,
         };
         block_backward(
@@ -243,6 +246,7 @@ struct Scratch<'a, R> {
     s_ln: &'a mut [R],
     s_a: &'a mut [R],
     s_b: &'a mut [R],
+    probs: &'a mut [R],
     dpre: &'a mut [R],
 }
 
@@ -265,6 +269,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
         s_ln,
         s_a,
         s_b,
+        probs,
         dpre,
     } = s;
     let s_ln = &mut s_ln[..bt * c];
@@ -314,7 +319,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
     );
     let dqkv = &mut s_b[..bt * 3 * c];
     attention_backward(
-        k, dqkv, dpre, datty, la.qkv, la.att, sz.b, sz.t, c, cfg.n_head,
+        k, dqkv, probs, dpre, datty, la.qkv, sz.b, sz.t, c, cfg.n_head,
     );
     k.layernorm_forward(
         s_ln,

@@ -116,7 +116,9 @@ pub(crate) fn causal_softmax_row<R: Real, K: Kernels<R>>(k: &K, row: &mut [R], t
 
 /// Causal multi-head self-attention. `qkv` is `[BT, 3C]` with `[q | k | v]`
 /// per token (head `h` uses columns `h·hd..(h+1)·hd` of each third); writes
-/// the probabilities `att` `[B, H, T, T]` and the output `atty` `[BT, C]`.
+/// the output `atty` `[BT, C]`. `probs` is `T×T` scratch for one head's
+/// probabilities; backward recomputes them ([`head_probs`]) rather than
+/// keeping `B·H·T²` per block.
 ///
 /// Every product is one `gemm` per block of [`ATT_ROW_BLOCK`] rows (or
 /// columns) that stops at the block's diagonal edge, instead of one call per
@@ -128,7 +130,7 @@ pub(crate) fn causal_softmax_row<R: Real, K: Kernels<R>>(k: &K, row: &mut [R], t
 pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
     k: &K,
     atty: &mut [R],
-    att: &mut [R],
+    probs: &mut [R],
     qkv: &[R],
     b: usize,
     t: usize,
@@ -136,34 +138,13 @@ pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
     nh: usize,
 ) {
     let (hd, c3) = (c / nh, 3 * c);
-    let scale = attn_scale::<R>(hd);
+    let p = &mut probs[..t * t];
     for bi in 0..b {
         for h in 0..nh {
-            let p = &mut att[(bi * nh + h) * t * t..][..t * t];
             let q0 = bi * t * c3 + h * hd;
-            let (k0, v0) = (q0 + c, q0 + 2 * c);
+            let v0 = q0 + 2 * c;
             let y0 = bi * t * c + h * hd;
-            // S = Q·Kᵀ, only the column blocks at or left of the diagonal.
-            for (i0, i1) in row_blocks(t) {
-                k.gemm(
-                    i1 - i0,
-                    hd,
-                    i1,
-                    &qkv[q0 + i0 * c3..],
-                    c3,
-                    1,
-                    &qkv[k0..],
-                    1,
-                    c3,
-                    &mut p[i0 * t..],
-                    t,
-                    1,
-                    false,
-                );
-            }
-            for ti in 0..t {
-                causal_softmax_row(k, &mut p[ti * t..(ti + 1) * t], ti, scale);
-            }
+            head_probs(k, p, qkv, q0, t, c, hd);
             // Y = P·V over each block's live columns.
             for (i0, i1) in row_blocks(t) {
                 k.gemm(
@@ -186,6 +167,45 @@ pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
     }
 }
 
+/// One head's causal attention probabilities `P` (`t×t`, exact zeros above
+/// the diagonal) from the queries at `qkv[q0..]` and the keys `c` further
+/// on: `S = Q·Kᵀ` over the column blocks at or left of the diagonal, then a
+/// scaled causal softmax per row. Forward and backward call this with the
+/// same inputs, so they see the same bits.
+fn head_probs<R: Real, K: Kernels<R>>(
+    k: &K,
+    p: &mut [R],
+    qkv: &[R],
+    q0: usize,
+    t: usize,
+    c: usize,
+    hd: usize,
+) {
+    let c3 = 3 * c;
+    let k0 = q0 + c;
+    for (i0, i1) in row_blocks(t) {
+        k.gemm(
+            i1 - i0,
+            hd,
+            i1,
+            &qkv[q0 + i0 * c3..],
+            c3,
+            1,
+            &qkv[k0..],
+            1,
+            c3,
+            &mut p[i0 * t..],
+            t,
+            1,
+            false,
+        );
+    }
+    let scale = attn_scale::<R>(hd);
+    for ti in 0..t {
+        causal_softmax_row(k, &mut p[ti * t..(ti + 1) * t], ti, scale);
+    }
+}
+
 /// `(start, end)` of each block of [`ATT_ROW_BLOCK`] rows of a `t`-row matrix.
 fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t)
@@ -194,15 +214,15 @@ fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Backward of [`attention_forward`]: writes `dqkv` `[BT, 3C]` (every element
-/// overwritten) from `datty`; `dpre` is `T×T` scratch.
+/// overwritten) from `datty`; `probs` and `dpre` are `T×T` scratch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
     k: &K,
     dqkv: &mut [R],
+    probs: &mut [R],
     dpre: &mut [R],
     datty: &[R],
     qkv: &[R],
-    att: &[R],
     b: usize,
     t: usize,
     c: usize,
@@ -211,9 +231,12 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
     let (hd, c3) = (c / nh, 3 * c);
     let scale = attn_scale::<R>(hd);
     let dpre = &mut dpre[..t * t];
+    let probs = &mut probs[..t * t];
     for bi in 0..b {
         for h in 0..nh {
-            let p = &att[(bi * nh + h) * t * t..][..t * t];
+            let q0 = bi * t * c3 + h * hd;
+            head_probs(k, probs, qkv, q0, t, c, hd);
+            let p = &*probs;
             let q0 = bi * t * c3 + h * hd;
             let (k0, v0) = (q0 + c, q0 + 2 * c);
             let y0 = bi * t * c + h * hd;

@@ -5,7 +5,6 @@
 //! block l (×L):
 //!   ln1_mean, ln1_rstd            BT each
 //!   qkv                           3C·BT    [q | k | v] per token
-//!   att                           B·H·T²   attention probabilities (0 above the diagonal)
 //!   atty                          C·BT     attention output, before c_proj
 //!   res_mid                       C·BT     x + attn
 //!   ln2_mean, ln2_rstd            BT each
@@ -18,12 +17,16 @@
 //!   s_ln                          C·BT     LayerNorm output (recomputed in backward), projections
 //!   s_a, s_b                      4C·BT each  GELU output / activation gradients
 //!   dres                          C·BT     gradient of the residual stream
+//!   probs                         T²       attention probabilities of one head
+//!                                          (0 above the diagonal; recomputed in backward)
 //!   dpre                          T²       attention score gradients of one head
 //! flag                            1        1 after a forward with targets
 //! ```
-//! LayerNorm outputs and the GELU output are cheap to recompute, so backward
-//! recomputes them instead of keeping `L` copies: peak memory is what limits
-//! batch size on small machines.
+//! LayerNorm outputs, the GELU output and the attention probabilities are
+//! cheap to recompute, so backward recomputes them instead of keeping `L`
+//! copies (the probabilities alone would be `B·H·T²` per block, more than
+//! the rest of a block at long contexts): peak memory is what limits batch
+//! size on small machines.
 
 use super::config::GptConfig;
 use super::layout::split_mut;
@@ -38,8 +41,8 @@ pub(crate) struct ActSizes {
     pub layer_len: usize,
     /// Elements of the whole workspace.
     pub total: usize,
-    layer: [usize; 10],
-    top: [usize; 12],
+    layer: [usize; 9],
+    top: [usize; 13],
 }
 
 impl ActSizes {
@@ -49,12 +52,11 @@ impl ActSizes {
         let c = cfg.n_embd;
         let bt = b.checked_mul(t)?;
         let cbt = c.checked_mul(bt)?;
-        let att = b.checked_mul(cfg.n_head)?.checked_mul(t.checked_mul(t)?)?;
+        let tt = t.checked_mul(t)?;
         let layer = [
             bt,
             bt,
             cbt.checked_mul(3)?,
-            att,
             cbt,
             cbt,
             bt,
@@ -74,7 +76,8 @@ impl ActSizes {
             cbt.checked_mul(4)?,
             cbt.checked_mul(4)?,
             cbt,
-            t.checked_mul(t)?,
+            tt,
+            tt,
             1,
         ];
         let total = top.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
@@ -101,7 +104,6 @@ pub(crate) struct LayerActs<'a, R> {
     pub ln1_mean: &'a mut [R],
     pub ln1_rstd: &'a mut [R],
     pub qkv: &'a mut [R],
-    pub att: &'a mut [R],
     pub atty: &'a mut [R],
     pub res_mid: &'a mut [R],
     pub ln2_mean: &'a mut [R],
@@ -123,6 +125,7 @@ pub(crate) struct Work<'a, R> {
     pub s_a: &'a mut [R],
     pub s_b: &'a mut [R],
     pub dres: &'a mut [R],
+    pub probs: &'a mut [R],
     pub dpre: &'a mut [R],
     pub flag: &'a mut [R],
 }
@@ -130,7 +133,7 @@ pub(crate) struct Work<'a, R> {
 impl<'a, R> Work<'a, R> {
     /// Carves `buf` (at least `sizes.total` long; the caller checked).
     pub fn carve(sizes: &ActSizes, buf: &'a mut [R]) -> Self {
-        let [encoded, layers, lnf_mean, lnf_rstd, logits, lse, s_ln, s_a, s_b, dres, dpre, flag] =
+        let [encoded, layers, lnf_mean, lnf_rstd, logits, lse, s_ln, s_a, s_b, dres, probs, dpre, flag] =
             split_mut(&mut buf[..sizes.total], sizes.top);
         Self {
             encoded,
@@ -143,6 +146,7 @@ impl<'a, R> Work<'a, R> {
             s_a,
             s_b,
             dres,
+            probs,
             dpre,
             flag,
         }
@@ -161,9 +165,9 @@ pub(crate) fn block<'w, R>(
     let x_in: &[R] = if l == 0 {
         encoded
     } else {
-        &done[done.len() - sizes.layer[9]..]
+        &done[done.len() - sizes.layer[8]..]
     };
-    let [ln1_mean, ln1_rstd, qkv, att, atty, res_mid, ln2_mean, ln2_rstd, fch, res_out] =
+    let [ln1_mean, ln1_rstd, qkv, atty, res_mid, ln2_mean, ln2_rstd, fch, res_out] =
         split_mut(&mut rest[..sizes.layer_len], sizes.layer);
     (
         x_in,
@@ -171,7 +175,6 @@ pub(crate) fn block<'w, R>(
             ln1_mean,
             ln1_rstd,
             qkv,
-            att,
             atty,
             res_mid,
             ln2_mean,
@@ -184,5 +187,5 @@ pub(crate) fn block<'w, R>(
 
 /// The last block's output (the input of `ln_f`).
 pub(crate) fn last_output<'w, R>(sizes: &ActSizes, layers: &'w [R]) -> &'w [R] {
-    &layers[layers.len() - sizes.layer[9]..]
+    &layers[layers.len() - sizes.layer[8]..]
 }

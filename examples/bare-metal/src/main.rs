@@ -113,10 +113,7 @@ const fn num_params(cfg: &GptConfig) -> usize {
 /// `GptConfig::activation_len`, as a const fn (checked likewise).
 const fn activation_len(cfg: &GptConfig, b: usize, t: usize) -> usize {
     let (c, bt) = (cfg.n_embd, b * t);
-    cfg.n_layer * (10 * c * bt + 4 * bt + b * cfg.n_head * t * t)
-        + (cfg.vocab_size + 11 * c + 3) * bt
-        + t * t
-        + 1
+    cfg.n_layer * (10 * c * bt + 4 * bt) + (cfg.vocab_size + 11 * c + 3) * bt + 2 * t * t + 1
 }
 
 const P: usize = num_params(&CFG);

@@ -153,14 +153,6 @@ pub fn sgemm_with(
         }
         return;
     }
-    check_view("A", a.len(), m, k, rsa, csa);
-    check_view("B", b.len(), k, n, rsb, csb);
-    assert!(
-        isa.supported(),
-        "gemm: {} is not supported here",
-        isa.name()
-    );
-
     // Column-major C: compute Cᵀ = Bᵀ·Aᵀ so the kernel's vector stores run
     // along contiguous memory.
     let (m, n, a, rsa, csa, b, rsb, csb, rsc, csc) = if csc != 1 && rsc == 1 {
@@ -168,25 +160,10 @@ pub fn sgemm_with(
     } else {
         (m, n, a, rsa, csa, b, rsb, csb, rsc, csc)
     };
-    let args = Args {
-        m,
-        k,
-        n,
-        a: a.as_ptr(),
-        rsa,
-        csa,
-        b: b.as_ptr(),
-        rsb,
-        csb,
-        c: c.as_mut_ptr(),
-        rsc,
-        csc,
-        accumulate,
-        bias: std::ptr::null(),
-    };
-    // SAFETY: the views were checked to fit their slices and `isa` was
-    // asserted supported above.
-    unsafe { run_isa(isa, &args) }
+    let bias = std::ptr::null();
+    run_checked(
+        isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate, bias,
+    );
 }
 
 /// `C[m×n] = bias + A·B` with `bias` (`n` floats) added to every row of a
@@ -227,6 +204,33 @@ pub fn sgemm_bias_with(
         }
         return sgemm_with(isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, true);
     }
+    let bias = bias.as_ptr();
+    run_checked(
+        isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false, bias,
+    );
+}
+
+/// Checks A, B and `isa`, then runs the blocked kernels. The caller checked
+/// C and handled `m`, `n` or `k` of zero; `bias` is null or holds `n` floats
+/// (then C is row-major and `accumulate` false).
+#[allow(clippy::too_many_arguments)]
+fn run_checked(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+    accumulate: bool,
+    bias: *const f32,
+) {
     check_view("A", a.len(), m, k, rsa, csa);
     check_view("B", b.len(), k, n, rsb, csb);
     assert!(
@@ -246,12 +250,12 @@ pub fn sgemm_bias_with(
         csb,
         c: c.as_mut_ptr(),
         rsc,
-        csc: 1,
-        accumulate: false,
-        bias: bias.as_ptr(),
+        csc,
+        accumulate,
+        bias,
     };
-    // SAFETY: views and bias length checked, `isa` asserted supported above;
-    // C is row-major as the bias epilogue needs.
+    // SAFETY: the caller checked C; A and B were checked above, `isa` was
+    // asserted supported, and a non-null bias holds `n` floats.
     unsafe { run_isa(isa, &args) }
 }
 

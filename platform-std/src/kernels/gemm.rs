@@ -446,11 +446,11 @@ unsafe fn pack_b<K: MicroKernel>(
                 let src = b.add(p * rsb + jr);
                 let d = dst.add(p * K::NR);
                 if nr == K::NR {
-                    // A constant-length copy compiles to vector moves; a
-                    // variable one is a libc memcpy call per row.
-                    for j in 0..K::NR {
-                        *d.add(j) = *src.add(j);
-                    }
+                    // A constant-length copy compiles to a few vector moves.
+                    // (A variable one is a libc call per row, and an
+                    // element loop stays scalar: the compiler cannot rule
+                    // out that `d` overlaps `src`.)
+                    std::ptr::copy_nonoverlapping(src, d, K::NR);
                 } else {
                     std::ptr::copy_nonoverlapping(src, d, nr);
                     for j in nr..K::NR {
@@ -496,9 +496,8 @@ unsafe fn pack_a<K: MicroKernel>(
         for p in 0..kc {
             let d = out.add(p * K::MR);
             if mr == K::MR {
-                for i in 0..K::MR {
-                    *d.add(i) = *a.add(p * csa + i);
-                }
+                // Constant length: vector moves (see `pack_b`).
+                std::ptr::copy_nonoverlapping(a.add(p * csa), d, K::MR);
             } else {
                 std::ptr::copy_nonoverlapping(a.add(p * csa), d, mr);
                 for i in mr..K::MR {

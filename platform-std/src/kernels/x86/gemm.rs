@@ -32,6 +32,7 @@ impl MicroKernel for Avx512Kernel {
         bias: *const f32,
     ) {
         const MR: usize = Avx512Kernel::MR;
+        prefetch_c_tile(c, rsc, csc, mr, nr);
         // Unit row stride (packed panels, transposed views) gets its own
         // loop so the broadcasts use constant displacements.
         // A panel of at most 16 valid columns (the n tail) skips the
@@ -107,6 +108,7 @@ impl MicroKernel for Avx2Kernel {
         bias: *const f32,
     ) {
         const MR: usize = Avx2Kernel::MR;
+        prefetch_c_tile(c, rsc, csc, mr, nr);
         let acc = match (a_rs == 1, nr <= 8) {
             (true, false) => product_256::<MR, 2, true>(kc, a, 1, a_cs, b, b_rs),
             (false, false) => product_256::<MR, 2, false>(kc, a, a_rs, a_cs, b, b_rs),
@@ -283,6 +285,25 @@ unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
         _mm256_permute2f128_ps::<0x31>(s2, s6),
         _mm256_permute2f128_ps::<0x31>(s3, s7),
     ]
+}
+
+/// Starts loading the C tile into L1 before the k loop. The tile is read (or
+/// written) only after the loop, in program order, too far ahead for
+/// out-of-order execution to overlap: when C sits in L3 — a weight
+/// gradient accumulated over several KC blocks, a large activation — each
+/// tile would otherwise stall on a dozen cache misses at the end of every
+/// call.
+#[inline(always)]
+unsafe fn prefetch_c_tile(c: *mut f32, rsc: usize, csc: usize, mr: usize, nr: usize) {
+    if csc != 1 {
+        return;
+    }
+    let last = nr - 1;
+    for i in 0..mr {
+        let row = c.add(i * rsc);
+        _mm_prefetch::<_MM_HINT_T0>(row.cast());
+        _mm_prefetch::<_MM_HINT_T0>(row.add(last).cast());
+    }
 }
 
 /// Writes (or adds) one tile row into a strided C row.

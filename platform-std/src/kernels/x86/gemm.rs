@@ -164,17 +164,38 @@ unsafe fn product_512<const MR: usize, const H: usize, const UNIT_RS: bool>(
     b_rs: usize,
 ) -> [[__m512; 2]; MR] {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
-        let bv = [_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16 * (H - 1)))];
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*a.add(if UNIT_RS { i } else { i * a_rs }));
-            for h in 0..H {
-                row[h] = _mm512_fmadd_ps(ai, bv[h], row[h]);
+    let mut b = b;
+    if UNIT_RS || a_cs != 1 {
+        let mut a = a;
+        for _ in 0..kc {
+            let bv = [_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16 * (H - 1)))];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(if UNIT_RS { i } else { i * a_rs }));
+                for h in 0..H {
+                    row[h] = _mm512_fmadd_ps(ai, bv[h], row[h]);
+                }
             }
+            a = a.add(a_cs);
+            b = b.add(b_rs);
         }
-        a = a.add(a_cs);
-        b = b.add(b_rs);
+    } else {
+        // A read in place (unit column stride): one base register per row
+        // and a shared step index, so each broadcast is one base+index
+        // load. `black_box` hides that the rows are evenly spaced; knowing
+        // it, the compiler walks a single pointer down them instead, an
+        // extra add per broadcast in a loop that is issue-bound.
+        let rows: [*const f32; MR] = std::array::from_fn(|i| a.add(i * a_rs));
+        let rows = std::hint::black_box(rows);
+        for off in 0..kc {
+            let bv = [_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16 * (H - 1)))];
+            for (row, r) in acc.iter_mut().zip(rows) {
+                let ai = _mm512_set1_ps(*r.add(off));
+                for h in 0..H {
+                    row[h] = _mm512_fmadd_ps(ai, bv[h], row[h]);
+                }
+            }
+            b = b.add(b_rs);
+        }
     }
     acc
 }
@@ -190,17 +211,34 @@ unsafe fn product_256<const MR: usize, const H: usize, const UNIT_RS: bool>(
     b_rs: usize,
 ) -> [[__m256; 2]; MR] {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
-        let bv = [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8 * (H - 1)))];
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*a.add(if UNIT_RS { i } else { i * a_rs }));
-            for h in 0..H {
-                row[h] = _mm256_fmadd_ps(ai, bv[h], row[h]);
+    let mut b = b;
+    if UNIT_RS || a_cs != 1 {
+        let mut a = a;
+        for _ in 0..kc {
+            let bv = [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8 * (H - 1)))];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*a.add(if UNIT_RS { i } else { i * a_rs }));
+                for h in 0..H {
+                    row[h] = _mm256_fmadd_ps(ai, bv[h], row[h]);
+                }
             }
+            a = a.add(a_cs);
+            b = b.add(b_rs);
         }
-        a = a.add(a_cs);
-        b = b.add(b_rs);
+    } else {
+        // One base register per row, as in `product_512`.
+        let rows: [*const f32; MR] = std::array::from_fn(|i| a.add(i * a_rs));
+        let rows = std::hint::black_box(rows);
+        for off in 0..kc {
+            let bv = [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8 * (H - 1)))];
+            for (row, r) in acc.iter_mut().zip(rows) {
+                let ai = _mm256_broadcast_ss(&*r.add(off));
+                for h in 0..H {
+                    row[h] = _mm256_fmadd_ps(ai, bv[h], row[h]);
+                }
+            }
+            b = b.add(b_rs);
+        }
     }
     acc
 }

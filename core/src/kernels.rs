@@ -131,7 +131,8 @@ pub trait Kernels<R: Real>: Sync {
         }
     }
 
-    /// `dinp[i] += gelu'(inp[i]) · dout[i]` (accumulates).
+    /// `dinp[i] = gelu'(inp[i]) · dout[i]` (overwrites: the caller need not
+    /// zero `dinp`).
     ///
     /// # Panics
     /// If the lengths differ.
@@ -151,7 +152,7 @@ pub trait Kernels<R: Real>: Sync {
             let th = (s * (x + c * x * x * x)).tanh();
             let sech2 = R::ONE - th * th;
             let local = half * (R::ONE + th) + half * x * sech2 * s * (R::ONE + c3 * x * x);
-            *d += local * g;
+            *d = local * g;
         }
     }
 

@@ -297,7 +297,6 @@ fn block_backward<R: Real, K: Kernels<R>>(
         4 * c,
         c,
     );
-    s_a.fill(R::ZERO);
     k.gelu_backward(s_a, la.fch, s_b);
     let dln2 = &mut s_b[..bt * c];
     matmul_backward(k, dln2, lg.fc_w, lg.fc_b, s_a, s_ln, lp.fc_w, bt, c, 4 * c);

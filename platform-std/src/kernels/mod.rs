@@ -33,6 +33,11 @@ mod simd;
 mod x86;
 
 pub use elementwise::AdamW;
+#[doc(hidden)]
+pub static EXPERIMENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+#[doc(hidden)]
+#[inline(always)]
+pub fn exp_on(bit: u32) -> bool { EXPERIMENT.load(std::sync::atomic::Ordering::Relaxed) & bit != 0 }
 pub use gemm::{sgemm_bias_with, sgemm_with};
 
 /// Which code path to run. `Auto` picks the widest instruction set the CPU
@@ -228,7 +233,7 @@ impl SimdKernels {
         elementwise::gelu_forward(self.isa, out, inp);
     }
 
-    /// `dinp[i] += gelu'(inp[i]) · dout[i]`.
+    /// `dinp[i] = gelu'(inp[i]) · dout[i]` (overwrites).
     pub fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
         elementwise::gelu_backward(self.isa, dinp, inp, dout);
     }

@@ -280,8 +280,7 @@ pub(crate) unsafe fn gelu_backward<V: Vf32>(dinp: &mut [f32], inp: &[f32], dout:
         #[inline(always)]
         |i, part| {
             let grad = gelu_grad1(ld::<V>(x.add(i), part, 0.0));
-            let acc = grad.mul_add(ld(g.add(i), part, 0.0), ld(d.add(i), part, 0.0));
-            st(acc, d.add(i), part)
+            st(grad.mul(ld(g.add(i), part, 0.0)), d.add(i), part)
         },
     );
 }

@@ -33,11 +33,6 @@ mod simd;
 mod x86;
 
 pub use elementwise::AdamW;
-#[doc(hidden)]
-pub static EXPERIMENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-#[doc(hidden)]
-#[inline(always)]
-pub fn exp_on(bit: u32) -> bool { EXPERIMENT.load(std::sync::atomic::Ordering::Relaxed) & bit != 0 }
 pub use gemm::{sgemm_bias_with, sgemm_with};
 
 /// Which code path to run. `Auto` picks the widest instruction set the CPU

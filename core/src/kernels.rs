@@ -144,15 +144,27 @@ pub trait Kernels<R: Real>: Sync {
             inp.len(),
             dout.len()
         );
-        let s = R::from_f64(GELU_SCALE);
-        let c = R::from_f64(GELU_CUBIC);
-        let c3 = R::from_f64(3.0 * GELU_CUBIC);
-        let half = R::from_f64(0.5);
         for ((d, &x), &g) in dinp.iter_mut().zip(inp).zip(dout) {
-            let th = (s * (x + c * x * x * x)).tanh();
-            let sech2 = R::ONE - th * th;
-            let local = half * (R::ONE + th) + half * x * sech2 * s * (R::ONE + c3 * x * x);
-            *d = local * g;
+            *d = gelu_grad(x) * g;
+        }
+    }
+
+    /// `out[i] = gelu(x[i])` and, in place, `x[i] = gelu'(x[i])`: the two
+    /// values the backward pass needs from the pre-activation, in one pass
+    /// so an implementation can share their exponential. Then
+    /// [`Kernels::mul`] of `x` and `dout` is [`Kernels::gelu_backward`].
+    ///
+    /// Bit for bit, `out` must equal [`Kernels::gelu_forward`] and `x·dout`
+    /// what `gelu_backward` gives (the default uses this trait's
+    /// `gelu_forward` and the portable derivative, as `gelu_backward`'s
+    /// default does).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn gelu_forward_grad(&self, out: &mut [R], x: &mut [R]) {
+        self.gelu_forward(out, x);
+        for v in x.iter_mut() {
+            *v = gelu_grad(*v);
         }
     }
 
@@ -387,6 +399,34 @@ pub trait Kernels<R: Real>: Sync {
             *o = x + y;
         }
     }
+
+    /// `out = a ∘ b` (elementwise product).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn mul(&self, out: &mut [R], a: &[R], b: &[R]) {
+        assert!(
+            out.len() == a.len() && a.len() == b.len(),
+            "mul: lengths {} {} {}",
+            out.len(),
+            a.len(),
+            b.len()
+        );
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = x * y;
+        }
+    }
+}
+
+/// gelu'(x) for the tanh approximation (the portable derivative).
+fn gelu_grad<R: Real>(x: R) -> R {
+    let s = R::from_f64(GELU_SCALE);
+    let c = R::from_f64(GELU_CUBIC);
+    let c3 = R::from_f64(3.0 * GELU_CUBIC);
+    let half = R::from_f64(0.5);
+    let th = (s * (x + c * x * x * x)).tanh();
+    let sech2 = R::ONE - th * th;
+    half * (R::ONE + th) + half * x * sech2 * s * (R::ONE + c3 * x * x)
 }
 
 /// The portable kernels: every [`Kernels`] default, for any [`Real`].
@@ -401,6 +441,22 @@ mod tests {
 
     fn gelu_ref(x: f64) -> f64 {
         0.5 * x * (1.0 + libm::tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)))
+    }
+
+    #[test]
+    fn gelu_forward_grad_equals_forward_and_backward() {
+        let xs = [-9.0f32, -4.0, -1.3, -0.2, -0.0, 0.0, 0.4, 1.7, 3.5, 12.0];
+        let dout = [0.3f32, -1.0, 2.5, 1.0, 1.0, -0.7, 0.9, 1.1, -2.0, 0.5];
+        let (mut y0, mut d0) = ([0.0f32; 10], [0.0f32; 10]);
+        Portable.gelu_forward(&mut y0, &xs);
+        Portable.gelu_backward(&mut d0, &xs, &dout);
+        let (mut y, mut g, mut d) = ([0.0f32; 10], xs, [0.0f32; 10]);
+        Portable.gelu_forward_grad(&mut y, &mut g);
+        Portable.mul(&mut d, &g, &dout);
+        for i in 0..10 {
+            assert_eq!(y[i].to_bits(), y0[i].to_bits(), "gelu at {}", xs[i]);
+            assert_eq!(d[i].to_bits(), d0[i].to_bits(), "gelu' at {}", xs[i]);
+        }
     }
 
     #[test]

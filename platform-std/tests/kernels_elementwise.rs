@@ -236,9 +236,7 @@ fn gelu_backward_accuracy() {
             let a = gelu_exponent(xs[i] as f64).abs();
             // Overwrites: the old contents of dinp must not leak in.
             let want = g * dout[i] as f64;
-            let tol = 8.0 * U * (1.0 + a) * mag * (dout[i] as f64).abs()
-                + U * want.abs()
-                + 1e-37;
+            let tol = 8.0 * U * (1.0 + a) * mag * (dout[i] as f64).abs() + U * want.abs() + 1e-37;
             let err = (dinp[i] as f64 - want).abs();
             worst = worst.max(err / tol);
             assert!(
@@ -678,6 +676,51 @@ fn seam_adamw_matches_portable() {
                 p[i],
                 pp[i]
             );
+        }
+    }
+}
+
+/// The fused pass backward uses must not change a bit: its GELU equals
+/// `gelu_forward` and its derivative times `dout` equals `gelu_backward`,
+/// for every kernel, over the dense sweep and every tail length.
+#[test]
+fn gelu_forward_grad_equals_the_separate_kernels() {
+    let sweep = gelu_inputs();
+    let mut inputs: Vec<Vec<f32>> = vec![sweep];
+    inputs.extend(
+        LENS.iter()
+            .map(|&n| fill(n, 40 + n as u64).iter().map(|v| v * 6.0).collect()),
+    );
+    for kern in kernels() {
+        for x in &inputs {
+            let n = x.len();
+            let dout: Vec<f32> = fill(n, 9).iter().map(|v| v * 2.0).collect();
+            let mut want_y = vec![0.0; n];
+            kern.gelu_forward(&mut want_y, x);
+            let mut want_d = vec![0.0; n];
+            kern.gelu_backward(&mut want_d, x, &dout);
+            let mut y = with_tail(&vec![0.0; n]);
+            let mut g = with_tail(x);
+            kern.gelu_forward_grad(&mut y[..n], &mut g[..n]);
+            tail_intact(&y, n, "gelu_forward_grad out");
+            tail_intact(&g, n, "gelu_forward_grad x");
+            for i in 0..n {
+                assert_eq!(
+                    y[i].to_bits(),
+                    want_y[i].to_bits(),
+                    "{} gelu at x = {}",
+                    kern.describe(),
+                    x[i]
+                );
+                let d = g[i] * dout[i];
+                assert_eq!(
+                    d.to_bits(),
+                    want_d[i].to_bits(),
+                    "{} gelu' at x = {}",
+                    kern.describe(),
+                    x[i]
+                );
+            }
         }
     }
 }

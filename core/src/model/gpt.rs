@@ -284,7 +284,9 @@ fn block_backward<R: Real, K: Kernels<R>>(
         lp.ln2_b,
         eps,
     );
-    k.gelu_forward(s_a, la.fch);
+    // GELU and its derivative in one pass; the pre-activation is not needed
+    // again, so its buffer takes the derivative.
+    k.gelu_forward_grad(s_a, la.fch);
     matmul_backward(
         k,
         s_b,
@@ -297,7 +299,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
         4 * c,
         c,
     );
-    k.gelu_backward(s_a, la.fch, s_b);
+    k.mul(s_a, la.fch, s_b);
     let dln2 = &mut s_b[..bt * c];
     matmul_backward(k, dln2, lg.fc_w, lg.fc_b, s_a, s_ln, lp.fc_w, bt, c, 4 * c);
     k.layernorm_backward(

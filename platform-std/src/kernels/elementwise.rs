@@ -57,6 +57,11 @@ pub(super) fn gelu_backward(isa: Isa, dinp: &mut [f32], inp: &[f32], dout: &[f32
     dispatch!(isa, gelu_backward(dinp, inp, dout))
 }
 
+pub(super) fn gelu_forward_grad(isa: Isa, out: &mut [f32], x: &mut [f32]) {
+    assert_eq!(out.len(), x.len(), "gelu_forward_grad: length mismatch");
+    dispatch!(isa, gelu_forward_grad(out, x))
+}
+
 /// Rows in a `rows × c` buffer, after checking it is whole rows.
 fn rows_of(what: &str, len: usize, c: usize) -> usize {
     assert!(c > 0, "{what}: zero-width rows");

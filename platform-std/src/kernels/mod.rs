@@ -233,6 +233,13 @@ impl SimdKernels {
         elementwise::gelu_backward(self.isa, dinp, inp, dout);
     }
 
+    /// `out[i] = gelu(x[i])` and `x[i] = gelu'(x[i])` in one pass: the same
+    /// bits as [`Self::gelu_forward`] and as the factor
+    /// [`Self::gelu_backward`] applies.
+    pub fn gelu_forward_grad(&self, out: &mut [f32], x: &mut [f32]) {
+        elementwise::gelu_forward_grad(self.isa, out, x);
+    }
+
     /// Layer norm over rows of length `c = weight.len()`:
     /// `out = (x - mean)·rstd·weight + bias` with `rstd = 1/√(var + 1e-5)`
     /// (biased variance); `mean` and `rstd` receive one value per row.

@@ -61,6 +61,10 @@ impl Kernels<f32> for SimdKernels {
         SimdKernels::gelu_backward(self, dinp, inp, dout)
     }
 
+    fn gelu_forward_grad(&self, out: &mut [f32], x: &mut [f32]) {
+        SimdKernels::gelu_forward_grad(self, out, x)
+    }
+
     fn layernorm_forward(
         &self,
         out: &mut [f32],

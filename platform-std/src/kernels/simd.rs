@@ -197,6 +197,12 @@ unsafe fn gelu_exponent<V: Vf32>(x: V) -> (V, V) {
 #[inline(always)]
 unsafe fn gelu1<V: Vf32>(x: V) -> V {
     let (t, ea) = gelu_exponent(x);
+    gelu_of(x, t, ea)
+}
+
+/// [`gelu1`] from [`gelu_exponent`]'s values.
+#[inline(always)]
+unsafe fn gelu_of<V: Vf32>(x: V, t: V, ea: V) -> V {
     let num = V::select_pos(t, x.mul(ea), x);
     num.div(ea.add(V::splat(1.0)))
 }
@@ -207,6 +213,12 @@ unsafe fn gelu1<V: Vf32>(x: V) -> V {
 #[inline(always)]
 unsafe fn gelu_grad1<V: Vf32>(x: V) -> V {
     let (t, ea) = gelu_exponent(x);
+    gelu_grad_of(x, t, ea)
+}
+
+/// [`gelu_grad1`] from [`gelu_exponent`]'s values.
+#[inline(always)]
+unsafe fn gelu_grad_of<V: Vf32>(x: V, t: V, ea: V) -> V {
     let inv = V::splat(1.0).div(ea.add(V::splat(1.0)));
     let small = ea.mul(inv);
     let s = V::select_pos(t, small, inv);
@@ -281,6 +293,26 @@ pub(crate) unsafe fn gelu_backward<V: Vf32>(dinp: &mut [f32], inp: &[f32], dout:
         |i, part| {
             let grad = gelu_grad1(ld::<V>(x.add(i), part, 0.0));
             st(grad.mul(ld(g.add(i), part, 0.0)), d.add(i), part)
+        },
+    );
+}
+
+/// `out = gelu(x)`, `x = gelu'(x)` from one exponential: the same bits as
+/// [`gelu_forward`] and as the factor [`gelu_backward`] applies.
+///
+/// # Safety
+/// ISA supported; slices of equal length (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn gelu_forward_grad<V: Vf32>(out: &mut [f32], x: &mut [f32]) {
+    let (o, xp) = (out.as_mut_ptr(), x.as_mut_ptr());
+    map::<V>(
+        x.len(),
+        #[inline(always)]
+        |i, part| {
+            let xv = ld::<V>(xp.add(i), part, 0.0);
+            let (t, ea) = gelu_exponent(xv);
+            st(gelu_of(xv, t, ea), o.add(i), part);
+            st(gelu_grad_of(xv, t, ea), xp.add(i), part)
         },
     );
 }

@@ -245,6 +245,10 @@ macro_rules! entry_points {
                 simd::gelu_backward::<$v>(dinp, inp, dout)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn gelu_forward_grad(out: &mut [f32], x: &mut [f32]) {
+                simd::gelu_forward_grad::<$v>(out, x)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn layernorm_forward(
                 out: &mut [f32],
                 mean: &mut [f32],

@@ -1129,8 +1129,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             b,
             t,
         )?;
-        grad.fill(0.0);
-        model::backward(
+        // Writes the whole gradient: no need to zero the buffer first.
+        model::backward_into(
             &self.kernels,
             &self.model,
             params,

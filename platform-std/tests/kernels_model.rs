@@ -101,3 +101,40 @@ fn cached_generation_equals_full_forward_with_each_kernel() {
         }
     }
 }
+
+/// `backward_into` over a buffer full of garbage gives what `backward` adds
+/// to a zeroed one, with every kernel choice (an exact zero may differ in
+/// sign, which `==` ignores), and a second `backward_into` does not add.
+#[test]
+fn backward_into_equals_zeroing_then_backward_with_each_kernel() {
+    let cfg = GptConfig {
+        vocab_size: 53,
+        n_positions: 40,
+        n_embd: 48,
+        n_layer: 2,
+        n_head: 4,
+    };
+    let (b, t) = (2, 35);
+    let mut p = vec![0.0; cfg.num_params()];
+    model::init_params(&cfg, &mut p, 5).unwrap();
+    let tok: Vec<u32> = (0..b * t).map(|i| (i * 29 % 53) as u32).collect();
+    let tgt: Vec<u32> = (0..b * t).map(|i| (i * 13 % 53) as u32).collect();
+    for choice in [
+        KernelChoice::Portable,
+        KernelChoice::Avx2,
+        KernelChoice::Avx512,
+    ] {
+        let Ok(k) = SimdKernels::new(choice) else {
+            continue;
+        };
+        let (_, want) = grads(&k, &cfg, &p, &tok, &tgt, b, t);
+        let mut work = vec![0.0; cfg.activation_len(b, t)];
+        let mut g: Vec<f32> = (0..p.len()).map(|i| (i % 97) as f32 - 48.5).collect();
+        for round in 0..2 {
+            model::forward(&k, &cfg, &p, &mut work, &tok, Some(&tgt), b, t).unwrap();
+            model::backward_into(&k, &cfg, &p, &mut g, &mut work, &tok, &tgt, b, t).unwrap();
+            let bad = g.iter().zip(&want).position(|(a, b)| a != b);
+            assert_eq!(bad, None, "{} round {round}", k.describe());
+        }
+    }
+}

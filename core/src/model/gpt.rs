@@ -185,6 +185,59 @@ pub fn backward<R: Real, K: Kernels<R>>(
     batch: usize,
     seq: usize,
 ) -> Result<(), ModelError> {
+    let mode = Grads::Add;
+    backward_with(
+        k, cfg, params, grads, work, tokens, targets, batch, seq, mode,
+    )
+}
+
+/// As [`backward`], but *writes* the gradient into `grads`: whatever it
+/// held is ignored, so a caller that wants one unit's gradient need not
+/// zero a parameter-sized buffer first. The values equal zeroing `grads`
+/// and calling [`backward`] (an exact zero may come out as `-0.0` instead
+/// of `+0.0`; nothing downstream can tell them apart).
+///
+/// The weight matrices are written by their first product (a `gemm`
+/// without accumulation); only the small rest (position embeddings,
+/// biases, LayerNorm) is zeroed and accumulated.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_into<R: Real, K: Kernels<R>>(
+    k: &K,
+    cfg: &GptConfig,
+    params: &[R],
+    grads: &mut [R],
+    work: &mut [R],
+    tokens: &[u32],
+    targets: &[u32],
+    batch: usize,
+    seq: usize,
+) -> Result<(), ModelError> {
+    let mode = Grads::Write;
+    backward_with(
+        k, cfg, params, grads, work, tokens, targets, batch, seq, mode,
+    )
+}
+
+/// Whether a backward pass adds to the gradient buffer or overwrites it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grads {
+    Add,
+    Write,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_with<R: Real, K: Kernels<R>>(
+    k: &K,
+    cfg: &GptConfig,
+    params: &[R],
+    grads: &mut [R],
+    work: &mut [R],
+    tokens: &[u32],
+    targets: &[u32],
+    batch: usize,
+    seq: usize,
+    mode: Grads,
+) -> Result<(), ModelError> {
     let sizes = check_call(
         cfg,
         params.len(),
@@ -203,6 +256,20 @@ pub fn backward<R: Real, K: Kernels<R>>(
         return Err(ModelError::NoForward);
     }
     w.flag[0] = R::ZERO;
+    let accumulate = mode == Grads::Add;
+    if !accumulate {
+        for t in [&mut *g.wpe, &mut *g.lnf_w, &mut *g.lnf_b] {
+            t.fill(R::ZERO);
+        }
+        for l in 0..cfg.n_layer {
+            let lg = g.layer_mut(cfg, l);
+            for t in [
+                lg.ln1_w, lg.ln1_b, lg.attn_b, lg.proj_b, lg.ln2_w, lg.ln2_b, lg.fc_b, lg.mproj_b,
+            ] {
+                t.fill(R::ZERO);
+            }
+        }
+    }
 
     // loss → logits → ln_f output, wte (tied head).
     crossentropy_backward(k, w.logits, w.lse, targets, v);
@@ -210,7 +277,9 @@ pub fn backward<R: Real, K: Kernels<R>>(
     k.layernorm_forward(w.s_ln, w.lnf_mean, w.lnf_rstd, x, p.lnf_w, p.lnf_b, eps);
     let dlnf = &mut w.s_a[..bt * c];
     k.gemm(bt, v, c, w.logits, v, 1, p.wte, c, 1, dlnf, c, 1, false);
-    k.gemm(v, bt, c, w.logits, 1, v, w.s_ln, c, 1, g.wte, c, 1, true);
+    k.gemm(
+        v, bt, c, w.logits, 1, v, w.s_ln, c, 1, g.wte, c, 1, accumulate,
+    );
     w.dres.fill(R::ZERO);
     k.layernorm_backward(
         w.dres, g.lnf_w, g.lnf_b, dlnf, x, p.lnf_w, w.lnf_mean, w.lnf_rstd,
@@ -235,6 +304,7 @@ pub fn backward<R: Real, K: Kernels<R>>(
             w.dres,
             scratch,
             &sizes,
+            accumulate,
         );
     }
     encoder_backward(g.wte, g.wpe, w.dres, tokens, seq, c);
@@ -263,6 +333,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
     dres: &mut [R],
     s: Scratch<'_, R>,
     sz: &ActSizes,
+    accumulate: bool,
 ) {
     let (c, bt, eps) = (cfg.n_embd, sz.bt, R::from_f64(LN_EPS));
     let Scratch {
@@ -298,10 +369,23 @@ fn block_backward<R: Real, K: Kernels<R>>(
         bt,
         4 * c,
         c,
+        accumulate,
     );
     k.mul(s_a, la.fch, s_b);
     let dln2 = &mut s_b[..bt * c];
-    matmul_backward(k, dln2, lg.fc_w, lg.fc_b, s_a, s_ln, lp.fc_w, bt, c, 4 * c);
+    matmul_backward(
+        k,
+        dln2,
+        lg.fc_w,
+        lg.fc_b,
+        s_a,
+        s_ln,
+        lp.fc_w,
+        bt,
+        c,
+        4 * c,
+        accumulate,
+    );
     k.layernorm_backward(
         dres,
         lg.ln2_w,
@@ -316,7 +400,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
     // Attention branch.
     let datty = &mut s_a[..bt * c];
     matmul_backward(
-        k, datty, lg.proj_w, lg.proj_b, dres, la.atty, lp.proj_w, bt, c, c,
+        k, datty, lg.proj_w, lg.proj_b, dres, la.atty, lp.proj_w, bt, c, c, accumulate,
     );
     let dqkv = &mut s_b[..bt * 3 * c];
     attention_backward(
@@ -343,6 +427,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
         bt,
         c,
         3 * c,
+        accumulate,
     );
     k.layernorm_backward(
         dres,

@@ -71,7 +71,8 @@ pub(crate) fn matmul_forward<R: Real, K: Kernels<R>>(
 }
 
 /// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten),
-/// `dw += inpᵀ · dout`, `dbias += Σ_rows dout`.
+/// `dw (+)= inpᵀ · dout` (added when `accumulate`, else written),
+/// `dbias += Σ_rows dout`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_backward<R: Real, K: Kernels<R>>(
     k: &K,
@@ -84,10 +85,11 @@ pub(crate) fn matmul_backward<R: Real, K: Kernels<R>>(
     rows: usize,
     ic: usize,
     oc: usize,
+    accumulate: bool,
 ) {
     // wᵀ is w read with swapped strides.
     k.gemm(rows, oc, ic, dout, oc, 1, w, 1, oc, dinp, ic, 1, false);
-    k.gemm(ic, rows, oc, inp, 1, ic, dout, oc, 1, dw, oc, 1, true);
+    k.gemm(ic, rows, oc, inp, 1, ic, dout, oc, 1, dw, oc, 1, accumulate);
     for d in dout[..rows * oc].chunks_exact(oc) {
         for (g, &x) in dbias.iter_mut().zip(d) {
             *g += x;

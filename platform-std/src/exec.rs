@@ -34,7 +34,7 @@ use cllm_core::accumulate::{AccError, Accumulator, F32Acc};
 use cllm_core::kernels::Kernels;
 use cllm_core::model::{self, GptConfig, ModelError};
 use cllm_core::optim::{self, OptimError};
-use cllm_core::reduce::{FoldPlan, RelaxStrategy, Segments, SpinBarrier, SEGMENT_LEN};
+use cllm_core::reduce::{FoldPlan, FoldRound, RelaxStrategy, Segments, SpinBarrier, SEGMENT_LEN};
 use cllm_core::tree::Shape;
 
 /// Where the tokens of a work unit come from. Must be a pure function of its
@@ -329,18 +329,35 @@ fn unit_buffers_per_worker(units: usize, threads: usize, params: usize) -> usize
     share.min(fit).clamp(1, MAX_UNIT_BUFFERS)
 }
 
-/// Units per f32 fold round: one per worker, but no more than a step has
-/// (the bits do not depend on it; unit buffers beyond it would never be used).
-fn fold_width(cfg: &ExecConfig) -> usize {
-    cfg.threads.min(cfg.units).max(1)
+/// Extra f32 unit buffers (beyond one per worker) a fold round may use.
+const WIDE_ROUND_BYTES: usize = 32 << 20;
+
+/// Units per f32 fold round: two per worker when the extra buffers fit in
+/// [`WIDE_ROUND_BYTES`], else one; never more than a step has. Workers
+/// claim a round's units as they go, so in a wide round a worker that is
+/// ahead takes units from one that is behind (a preempted vCPU) instead of
+/// waiting for it at the barrier. The bits do not depend on the width or
+/// on who computes which unit.
+fn fold_width(cfg: &ExecConfig, params: usize) -> usize {
+    let narrow = cfg.threads.min(cfg.units).max(1);
+    let wide = (2 * cfg.threads)
+        .min(cfg.units)
+        .min(cllm_core::reduce::MAX_WIDTH);
+    let extra = (wide.saturating_sub(narrow)).saturating_mul(params * std::mem::size_of::<f32>());
+    if extra <= WIDE_ROUND_BYTES {
+        wide.max(narrow)
+    } else {
+        narrow
+    }
 }
 
 /// The parameter-sized reduction buffers a hierarchy running `cfg` holds for
 /// a model of `params` parameters: `(f32 buffers, accumulators)`.
 ///
 /// The f32 buffers include the one that holds the gradient between steps:
-/// for f32 the fold plan's `threads + depth + 1` (fewer threads when a step
-/// has fewer units), for an associative accumulator each worker's unit
+/// for f32 the fold plan's `width + depth + 1`, the width being two units
+/// per thread when the extra buffers take at most 32 MiB, else one (never
+/// more than a step has units), for an associative accumulator each worker's unit
 /// buffers (its share of the step, at most 8 and 64 MiB). An associative
 /// accumulator adds one accumulator per worker. Besides these the hierarchy
 /// holds the parameters and the optimizer's two moments.
@@ -349,7 +366,10 @@ pub fn reduction_buffers(cfg: &ExecConfig, associative: bool, params: usize) -> 
         let per_worker = unit_buffers_per_worker(cfg.units, cfg.threads, params);
         (cfg.threads * per_worker, cfg.threads)
     } else {
-        (FoldPlan::buffers_for(cfg.shape.depth(), fold_width(cfg)), 0)
+        (
+            FoldPlan::buffers_for(cfg.shape.depth(), fold_width(cfg, params)),
+            0,
+        )
     }
 }
 
@@ -389,6 +409,8 @@ struct Shared<A: Accumulator, K> {
     barrier: SpinBarrier<Yield>,
     cursors: Vec<AtomicUsize>,
     eval_cursor: AtomicUsize,
+    /// f32 mode: the next unit of the step's fold plan to hand out.
+    fold_ticket: AtomicUsize,
     error: Mutex<Option<ExecError>>,
     retried: AtomicUsize,
     stolen: AtomicUsize,
@@ -528,6 +550,7 @@ where
             barrier: SpinBarrier::with_relax(t),
             cursors: (0..t).map(|_| AtomicUsize::new(0)).collect(),
             eval_cursor: AtomicUsize::new(0),
+            fold_ticket: AtomicUsize::new(0),
             error: Mutex::new(None),
             retried: AtomicUsize::new(0),
             stolen: AtomicUsize::new(0),
@@ -857,6 +880,7 @@ where
             c.store(owned[i], Ordering::Relaxed);
         }
         sh.eval_cursor.store(0, Ordering::Relaxed);
+        sh.fold_ticket.store(0, Ordering::Relaxed);
         sh.done.store(0, Ordering::Relaxed);
         sh.retried.store(0, Ordering::Relaxed);
         sh.stolen.store(0, Ordering::Relaxed);
@@ -1144,6 +1168,44 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         Ok(loss)
     }
 
+    /// The next unit (index within `round`) for worker `id` in an f32 fold
+    /// round. In a round with more units than workers they are handed out
+    /// in order from a shared ticket, so a worker that is ahead takes what a
+    /// slow one has not started. Otherwise (and with `CLLM_NO_STEAL=1`)
+    /// worker `id` runs units `id, id + threads, …`: with one unit each,
+    /// taking a late worker's unit only makes the taker run two in a row
+    /// (measured slower with a competing process on one core).
+    /// `taken` counts this worker's claims in the round (start it at 0).
+    fn claim_in_round(&self, id: usize, round: &FoldRound, taken: &mut usize) -> Option<usize> {
+        let (start, end) = (round.units().start, round.units().end);
+        if self.no_steal || round.len() <= self.cfg.threads {
+            let k = id + *taken * self.cfg.threads;
+            *taken += 1;
+            return (k < round.len()).then_some(k);
+        }
+        let mut cur = self.fold_ticket.load(Ordering::Relaxed).max(start);
+        loop {
+            if cur >= end {
+                return None;
+            }
+            match self.fold_ticket.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    let k = cur - start;
+                    if k % self.cfg.threads != id {
+                        self.stolen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Some(k);
+                }
+                Err(now) => cur = now.max(start),
+            }
+        }
+    }
+
     /// Next unit for worker `id`: its own first, then other workers'.
     fn claim(&self, id: usize) -> Option<usize> {
         let t = self.cfg.threads;
@@ -1278,7 +1340,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         } else {
             // The block's units folded as if they were a whole step of this
             // shape (for the whole step: the canonical fold).
-            let mut plan = FoldPlan::new(self.cfg.shape, units.len(), fold_width(&self.cfg))
+            let width = fold_width(&self.cfg, self.model.num_params());
+            let mut plan = FoldPlan::new(self.cfg.shape, units.len(), width)
                 .map_err(|e| self.fail(ExecError::Config(e.to_string())))?;
             let (rounds, mut round_no) = (plan.rounds(), 0);
             while let Some(round) = plan.next_round() {
@@ -1288,8 +1351,10 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 // cache, and without another barrier: the same worker owns
                 // the same segments in both phases.
                 let finish_here = round_no == rounds && !partial;
-                if let Some(buf) = round.unit_buffer(id) {
-                    let u = units.start + round.units().start + id;
+                let mut taken = 0;
+                while let Some(k) = self.claim_in_round(id, &round, &mut taken) {
+                    let u = units.start + round.units().start + k;
+                    let buf = round.unit_buffer(k).expect("claimed inside the round");
                     self.run_unit(id, step, u, buf, local)?;
                 }
                 self.wait()?;

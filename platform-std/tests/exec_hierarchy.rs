@@ -13,7 +13,8 @@ use cllm_core::optim::AdamW;
 use cllm_core::reduce::{reduce_sequential, sequential_cell_len, sequential_f32_len};
 use cllm_core::tree::Shape;
 use cllm_std::exec::{
-    ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UnitSource, UpdateSettings,
+    reduction_buffers, ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UnitSource,
+    UpdateSettings,
 };
 
 const MODEL: GptConfig = GptConfig {
@@ -308,7 +309,11 @@ fn a_repeating_failure_fails_the_step_without_hanging() {
 fn gradient_memory_does_not_grow_with_the_tree() {
     let c = cfg(3, 12, 2, 12); // 1,885 logical spheres
     let h = Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c).unwrap();
-    assert_eq!(h.gradient_buffers(), 2 + 3 + 1);
+    // f32: `width + depth + 1`; rounds are two units per worker wide when
+    // the extra buffers fit in 32 MiB (this model's do), else one.
+    assert_eq!(h.gradient_buffers(), 2 * 2 + 3 + 1);
+    assert_eq!(reduction_buffers(&c, false, 1 << 20), (2 * 2 + 3 + 1, 0));
+    assert_eq!(reduction_buffers(&c, false, 5 << 20), (2 + 3 + 1, 0));
     let h = Hierarchy::new(
         MODEL,
         params(),
@@ -350,7 +355,7 @@ where
                     Hierarchy::new(MODEL, params(), acc.clone(), Portable, Arc::new(Hashed), c)
                         .unwrap();
                 if !A::ASSOCIATIVE {
-                    let width = threads.min(units) as u32;
+                    let width = (2 * threads).min(units) as u32;
                     assert_eq!(h.gradient_buffers(), (width + d + 1) as usize);
                 }
                 for step in [4u64, 5, 4] {
@@ -434,4 +439,41 @@ fn bad_configs_are_errors() {
         Hierarchy::new(MODEL, vec![0.0; 3], F32Acc, Portable, Arc::new(Hashed), c),
         Err(ExecError::Config(_))
     ));
+}
+
+/// `Hashed`, but the worker that fetches unit 0 sleeps first, as if its vCPU
+/// had been preempted.
+struct SlowFirstUnit;
+
+impl UnitSource for SlowFirstUnit {
+    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
+        if unit == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Hashed.fill_train(step, unit, tokens, targets)
+    }
+}
+
+/// f32 rounds are two units per worker wide and their units are claimed as
+/// workers go: while one worker is held up, the other computes the rest of
+/// the round, and the gradient keeps the sequential driver's bits.
+#[test]
+fn f32_round_units_go_to_the_free_worker_with_the_same_bits() {
+    let shape = Shape::new(1, 12).unwrap();
+    let c = cfg(1, 12, 2, 4);
+    let mut h = Hierarchy::new(
+        MODEL,
+        params(),
+        F32Acc,
+        Portable,
+        Arc::new(SlowFirstUnit),
+        c,
+    )
+    .unwrap();
+    let stats = h.compute_gradients(7).unwrap();
+    // Whichever worker claims unit 0 sleeps; the other computes units 1, 2
+    // and 3, at least one of which the static order (unit k on worker
+    // k mod 2) gives to the sleeper. Without claiming it would be 0.
+    assert!(stats.stolen_units >= 1, "{stats:?}");
+    assert!(bits(h.gradients()) == bits(&sequential(&F32Acc, shape, 4, 7)));
 }

@@ -357,8 +357,9 @@ fn fold_width(cfg: &ExecConfig, params: usize) -> usize {
 /// The f32 buffers include the one that holds the gradient between steps:
 /// for f32 the fold plan's `width + depth + 1`, the width being two units
 /// per thread when the extra buffers take at most 32 MiB, else one (never
-/// more than a step has units), for an associative accumulator each worker's unit
-/// buffers (its share of the step, at most 8 and 64 MiB). An associative
+/// more than a step has units); for an associative accumulator each
+/// worker's unit buffers (its share of the step, at most 8 and 64 MiB). An
+/// associative
 /// accumulator adds one accumulator per worker. Besides these the hierarchy
 /// holds the parameters and the optimizer's two moments.
 pub fn reduction_buffers(cfg: &ExecConfig, associative: bool, params: usize) -> (usize, usize) {
@@ -1183,25 +1184,29 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             *taken += 1;
             return (k < round.len()).then_some(k);
         }
-        let mut cur = self.fold_ticket.load(Ordering::Relaxed).max(start);
+        // A ticket below `start` (rounds before used fixed order) counts
+        // as `start`; the swap always expects the value last seen, so it
+        // cannot spin on a value that is never there.
+        let mut seen = self.fold_ticket.load(Ordering::Relaxed);
         loop {
-            if cur >= end {
+            let next = seen.max(start);
+            if next >= end {
                 return None;
             }
             match self.fold_ticket.compare_exchange_weak(
-                cur,
-                cur + 1,
+                seen,
+                next + 1,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    let k = cur - start;
+                    let k = next - start;
                     if k % self.cfg.threads != id {
                         self.stolen.fetch_add(1, Ordering::Relaxed);
                     }
                     return Some(k);
                 }
-                Err(now) => cur = now.max(start),
+                Err(now) => seen = now,
             }
         }
     }

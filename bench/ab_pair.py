@@ -20,18 +20,15 @@ import statistics
 import subprocess
 import sys
 
+from bench_table import table_rows
+
 
 def parse(out, name):
     """(mean tokens/s, best-step tokens/s) of the single bench_train row."""
-    header = None
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if "tokens/s" in cells:
-            header = cells
-        elif header and len(cells) == len(header) and cells[0] != "---":
-            row = dict(zip(header, cells))
-            return float(row["tokens/s"]), float(row["best-step tokens/s"])
-    sys.exit(f"{name}: no result row in its output:\n{out}")
+    rows = table_rows(out)
+    if len(rows) != 1:
+        sys.exit(f"{name}: expected one result row in its output:\n{out}")
+    return float(rows[0]["tokens/s"]), float(rows[0]["best-step tokens/s"])
 
 
 def main():

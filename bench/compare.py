@@ -18,6 +18,8 @@ import statistics
 import subprocess
 import sys
 
+from bench_table import table_rows
+
 TORCH = re.compile(r"tokens/s=(\d+).*peak_rss_mib=(\d+)")
 
 
@@ -27,16 +29,11 @@ def cllm(args):
     if args.micro_batch:
         cmd += ["--micro-batch", str(args.micro_batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rows, header = {}, None
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if "tokens/s" in cells:
-            header = cells
-        elif header and len(cells) == len(header) and cells[0] != "---":
-            r = dict(zip(header, cells))
-            rss = next(v for k, v in r.items() if k.startswith("peak RSS"))
-            rows[int(r["threads"])] = (float(r["tokens/s"]), float(rss),
-                                       float(r["best-step tokens/s"]))
+    rows = {}
+    for r in table_rows(out):
+        rss = next(v for k, v in r.items() if k.startswith("peak RSS"))
+        rows[int(r["threads"])] = (float(r["tokens/s"]), float(rss),
+                                   float(r["best-step tokens/s"]))
     if set(rows) != {1, 2}:
         sys.exit(f"could not parse bench_train output:\n{out}")
     return rows

@@ -185,9 +185,9 @@ pub fn backward<R: Real, K: Kernels<R>>(
     batch: usize,
     seq: usize,
 ) -> Result<(), ModelError> {
-    let mode = Grads::Add;
+    let accumulate = true;
     backward_with(
-        k, cfg, params, grads, work, tokens, targets, batch, seq, mode,
+        k, cfg, params, grads, work, tokens, targets, batch, seq, accumulate,
     )
 }
 
@@ -212,19 +212,13 @@ pub fn backward_into<R: Real, K: Kernels<R>>(
     batch: usize,
     seq: usize,
 ) -> Result<(), ModelError> {
-    let mode = Grads::Write;
+    let accumulate = false;
     backward_with(
-        k, cfg, params, grads, work, tokens, targets, batch, seq, mode,
+        k, cfg, params, grads, work, tokens, targets, batch, seq, accumulate,
     )
 }
 
-/// Whether a backward pass adds to the gradient buffer or overwrites it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Grads {
-    Add,
-    Write,
-}
-
+/// [`backward`] (`accumulate`) or [`backward_into`].
 #[allow(clippy::too_many_arguments)]
 fn backward_with<R: Real, K: Kernels<R>>(
     k: &K,
@@ -236,7 +230,7 @@ fn backward_with<R: Real, K: Kernels<R>>(
     targets: &[u32],
     batch: usize,
     seq: usize,
-    mode: Grads,
+    accumulate: bool,
 ) -> Result<(), ModelError> {
     let sizes = check_call(
         cfg,
@@ -256,7 +250,6 @@ fn backward_with<R: Real, K: Kernels<R>>(
         return Err(ModelError::NoForward);
     }
     w.flag[0] = R::ZERO;
-    let accumulate = mode == Grads::Add;
     if !accumulate {
         for t in [&mut *g.wpe, &mut *g.lnf_w, &mut *g.lnf_b] {
             t.fill(R::ZERO);

@@ -351,6 +351,30 @@ fn fold_width(cfg: &ExecConfig, params: usize) -> usize {
     }
 }
 
+/// Bytes per worker that keeping activations for backward may add.
+const KEPT_ACTS_BYTES: usize = 16 << 20;
+
+/// Elements of each worker's activation workspace for `cfg`: the kept
+/// layout ([`GptConfig::activation_len_kept`]: backward reads the GELU
+/// output, its derivative and the attention probabilities instead of
+/// computing them again) when that adds at most 16 MiB per worker, else the
+/// recomputing one. The bits are the same either way; only the time and
+/// memory differ. `CLLM_RECOMPUTE=1` (a benchmark knob) always recomputes.
+pub fn work_len(model: &GptConfig, cfg: &ExecConfig) -> usize {
+    let (b, t) = (cfg.micro_batch, cfg.seq_len);
+    let short = model.activation_len(b, t);
+    let kept = model.activation_len_kept(b, t);
+    let extra = kept
+        .saturating_sub(short)
+        .saturating_mul(std::mem::size_of::<f32>());
+    let forced = std::env::var_os("CLLM_RECOMPUTE").is_some_and(|v| v == "1");
+    if extra <= KEPT_ACTS_BYTES && !forced {
+        kept
+    } else {
+        short
+    }
+}
+
 /// The parameter-sized reduction buffers a hierarchy running `cfg` holds for
 /// a model of `params` parameters: `(f32 buffers, accumulators)`.
 ///
@@ -418,6 +442,8 @@ struct Shared<A: Accumulator, K> {
     /// Benchmark knob (`CLLM_NO_STEAL=1`): workers run only their own
     /// units, to measure what stealing gains when one thread is slowed.
     no_steal: bool,
+    /// Elements of each worker's activation workspace ([`work_len`]).
+    work_len: usize,
     injected: AtomicUsize,
 }
 
@@ -556,6 +582,7 @@ where
             retried: AtomicUsize::new(0),
             stolen: AtomicUsize::new(0),
             no_steal: std::env::var_os("CLLM_NO_STEAL").is_some_and(|v| v == "1"),
+            work_len: work_len(&model, &cfg),
             injected: AtomicUsize::new(0),
             model,
             cfg,
@@ -598,7 +625,7 @@ where
         let p = sh.params.len();
         let f = std::mem::size_of::<f32>();
         let cell = std::mem::size_of::<A::Cell>();
-        let work = sh.model.activation_len(sh.cfg.micro_batch, sh.cfg.seq_len);
+        let work = sh.work_len;
         3 * p * f
             + sh.slots.len() * p * f
             + sh.accs.len() * p * cell
@@ -978,7 +1005,7 @@ fn core_ids() -> Vec<core_affinity::CoreId> {
 fn worker_main<A: Accumulator, K: Kernels<f32>>(sh: Arc<Shared<A, K>>, id: usize) {
     let n = sh.cfg.micro_batch * sh.cfg.seq_len;
     let mut local = Local {
-        work: vec![0.0; sh.model.activation_len(sh.cfg.micro_batch, sh.cfg.seq_len)],
+        work: vec![0.0; sh.work_len],
         tokens: vec![0; n],
         targets: vec![0; n],
     };

@@ -138,3 +138,51 @@ fn backward_into_equals_zeroing_then_backward_with_each_kernel() {
         }
     }
 }
+
+/// A workspace long enough to keep the GELU output, its derivative and the
+/// attention probabilities gives the short workspace's loss, logits and
+/// gradients bit for bit with every kernel choice; and a backward that no
+/// longer sees the kept region refuses to run instead of reading garbage.
+#[test]
+fn kept_workspace_gives_the_recomputing_bits_with_each_kernel() {
+    let cfg = GptConfig {
+        vocab_size: 41,
+        n_positions: 40,
+        n_embd: 48,
+        n_layer: 2,
+        n_head: 4,
+    };
+    let (b, t) = (3, 37);
+    let mut p = vec![0.0; cfg.num_params()];
+    model::init_params(&cfg, &mut p, 9).unwrap();
+    let tok: Vec<u32> = (0..b * t).map(|i| (i * 23 % 41) as u32).collect();
+    let tgt: Vec<u32> = (0..b * t).map(|i| (i * 11 % 41) as u32).collect();
+    let (short, long) = (cfg.activation_len(b, t), cfg.activation_len_kept(b, t));
+    assert!(long > short);
+    for choice in [
+        KernelChoice::Portable,
+        KernelChoice::Avx2,
+        KernelChoice::Avx512,
+    ] {
+        let Ok(k) = SimdKernels::new(choice) else {
+            continue;
+        };
+        let (want_loss, want) = grads(&k, &cfg, &p, &tok, &tgt, b, t);
+        let mut work = vec![f32::NAN; long];
+        let mut g = vec![0.0; p.len()];
+        for round in 0..2 {
+            let loss = model::forward(&k, &cfg, &p, &mut work, &tok, Some(&tgt), b, t).unwrap();
+            assert_eq!(loss.to_bits(), want_loss.to_bits(), "{}", k.describe());
+            g.fill(0.0);
+            model::backward(&k, &cfg, &p, &mut g, &mut work, &tok, &tgt, b, t).unwrap();
+            let bad = g
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(bad, None, "{} round {round}", k.describe());
+        }
+        model::forward(&k, &cfg, &p, &mut work, &tok, Some(&tgt), b, t).unwrap();
+        let err = model::backward(&k, &cfg, &p, &mut g, &mut work[..short], &tok, &tgt, b, t);
+        assert_eq!(err, Err(model::ModelError::NoForward), "{}", k.describe());
+    }
+}

@@ -149,6 +149,16 @@ impl GptConfig {
         ActSizes::new(self, batch, seq).map_or(usize::MAX, |s| s.total)
     }
 
+    /// A longer workspace, [`activation_len`](Self::activation_len) plus
+    /// `L·(4·C·BT + B·H·T²)`, in which a forward pass with targets also
+    /// keeps every block's GELU output, GELU derivative and attention
+    /// probabilities, so backward does not compute them again (faster, for
+    /// the memory). Any workspace at least this long is used this way; the
+    /// gradients are bitwise the same as with the short one.
+    pub fn activation_len_kept(&self, batch: usize, seq: usize) -> usize {
+        ActSizes::new(self, batch, seq).map_or(usize::MAX, |s| s.kept_total)
+    }
+
     /// Elements of the KV cache for [`forward_cached`](super::forward_cached):
     /// keys and values of every block for every position, `2·L·n_positions·C`.
     pub fn kv_cache_len(&self) -> usize {
@@ -225,6 +235,11 @@ mod tests {
             cfg.activation_len(b, t),
             l * per_layer + (v + 11 * c + 3) * bt + 2 * t * t + 1
         );
+        assert_eq!(
+            cfg.activation_len_kept(b, t),
+            cfg.activation_len(b, t) + l * (4 * c * bt + b * 2 * t * t)
+        );
+        assert_eq!(cfg.activation_len_kept(usize::MAX, 2), usize::MAX);
         assert_eq!(cfg.kv_cache_len(), 2 * l * 8 * c);
         assert_eq!(cfg.infer_work_len(), 15 * c + 8 + 2);
         assert_eq!(cfg.activation_len(usize::MAX, 2), usize::MAX);

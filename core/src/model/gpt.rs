@@ -10,7 +10,7 @@ use super::layers::{
     encoder_backward, encoder_forward, matmul_backward, matmul_forward,
 };
 use super::layout::{LayerGrads, LayerParams, ParamViews};
-use super::work::{block, last_output, ActSizes, LayerActs, Work};
+use super::work::{block, kept_block, last_output, ActSizes, KeptActs, LayerActs, Work};
 
 /// Checks everything a forward/backward call depends on, before touching
 /// any buffer, and returns the workspace sizes.
@@ -66,7 +66,8 @@ fn check_call(
 /// for [`backward`]. Without targets it returns `0` and only the logits are
 /// meaningful (read them with [`logits`]). `work` must hold at least
 /// [`GptConfig::activation_len`]`(batch, seq)` elements; its previous
-/// contents do not matter.
+/// contents do not matter. With [`GptConfig::activation_len_kept`] or more,
+/// a forward with targets keeps what backward would otherwise recompute.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<R: Real, K: Kernels<R>>(
     k: &K,
@@ -81,18 +82,22 @@ pub fn forward<R: Real, K: Kernels<R>>(
     let sizes = check_call(cfg, params.len(), work.len(), tokens, targets, batch, seq)?;
     let (c, v, bt) = (cfg.n_embd, cfg.vocab_size, sizes.bt);
     let p = ParamViews::new(cfg, params);
-    let w = Work::carve(&sizes, work);
+    let mut w = Work::carve(&sizes, work);
     w.flag[0] = R::ZERO;
+    // Kept activations only serve a backward pass.
+    let mut kept = w.kept.take().filter(|_| targets.is_some());
 
     encoder_forward(w.encoded, tokens, p.wte, p.wpe, seq, c);
     for l in 0..cfg.n_layer {
         let (x_in, mut la) = block(&sizes, w.encoded, w.layers, l);
+        let ka = kept.as_deref_mut().map(|kr| kept_block(&sizes, kr, l));
         block_forward(
             k,
             cfg,
             &p.layer(cfg, l),
             x_in,
             &mut la,
+            ka,
             w.s_ln,
             w.s_a,
             w.probs,
@@ -115,14 +120,22 @@ pub fn forward<R: Real, K: Kernels<R>>(
     match targets {
         Some(targets) => {
             let loss = crossentropy_forward(k, w.lse, w.logits, targets, v);
-            w.flag[0] = R::ONE;
+            w.flag[0] = if kept.is_some() { flag_kept() } else { R::ONE };
             Ok(loss)
         }
         None => Ok(R::ZERO),
     }
 }
 
-/// One pre-LN block: `x += attn(ln_1(x)); x += mlp(ln_2(x))`.
+/// The workspace flag after a forward with targets that kept the optional
+/// region (1 when it did not; 0 when backward may not run).
+fn flag_kept<R: Real>() -> R {
+    R::from_usize(2)
+}
+
+/// One pre-LN block: `x += attn(ln_1(x)); x += mlp(ln_2(x))`. With `kept`,
+/// the GELU output and attention probabilities go there and `la.fch` ends
+/// up holding the GELU derivative.
 #[allow(clippy::too_many_arguments)]
 fn block_forward<R: Real, K: Kernels<R>>(
     k: &K,
@@ -130,6 +143,7 @@ fn block_forward<R: Real, K: Kernels<R>>(
     lp: &LayerParams<'_, R>,
     x_in: &[R],
     la: &mut LayerActs<'_, R>,
+    mut kept: Option<KeptActs<'_, R>>,
     s_ln: &mut [R],
     s_a: &mut [R],
     probs: &mut [R],
@@ -147,7 +161,11 @@ fn block_forward<R: Real, K: Kernels<R>>(
         eps,
     );
     matmul_forward(k, la.qkv, s_ln, lp.attn_w, lp.attn_b, bt, c, 3 * c);
-    attention_forward(k, la.atty, probs, la.qkv, sz.b, sz.t, c, cfg.n_head);
+    let (probs, keep) = match kept {
+        Some(ref mut ka) => (&mut *ka.probs, true),
+        None => (probs, false),
+    };
+    attention_forward(k, la.atty, probs, la.qkv, sz.b, sz.t, c, cfg.n_head, keep);
     matmul_forward(k, s_ln, la.atty, lp.proj_w, lp.proj_b, bt, c, c);
     k.add(la.res_mid, x_in, s_ln);
 
@@ -161,8 +179,17 @@ fn block_forward<R: Real, K: Kernels<R>>(
         eps,
     );
     matmul_forward(k, la.fch, s_ln, lp.fc_w, lp.fc_b, bt, c, 4 * c);
-    k.gelu_forward(s_a, la.fch);
-    matmul_forward(k, s_ln, s_a, lp.mproj_w, lp.mproj_b, bt, 4 * c, c);
+    let gelu = match kept {
+        Some(ka) => {
+            k.gelu_forward_grad(ka.gelu, la.fch);
+            ka.gelu
+        }
+        None => {
+            k.gelu_forward(s_a, la.fch);
+            s_a
+        }
+    };
+    matmul_forward(k, s_ln, gelu, lp.mproj_w, lp.mproj_b, bt, 4 * c, c);
     k.add(la.res_out, la.res_mid, s_ln);
 }
 
@@ -245,8 +272,16 @@ fn backward_with<R: Real, K: Kernels<R>>(
     let (c, v, bt, eps) = (cfg.n_embd, cfg.vocab_size, sizes.bt, R::from_f64(LN_EPS));
     let p = ParamViews::new(cfg, params);
     let mut g = ParamViews::new_mut(cfg, grads);
-    let w = Work::carve(&sizes, work);
-    if w.flag[0] != R::ONE {
+    let mut w = Work::carve(&sizes, work);
+    let mut kept = w.kept.take();
+    if w.flag[0] == flag_kept() {
+        if kept.is_none() {
+            // Same buffer, shorter slice: the kept region is out of reach.
+            return Err(ModelError::NoForward);
+        }
+    } else if w.flag[0] == R::ONE {
+        kept = None;
+    } else {
         return Err(ModelError::NoForward);
     }
     w.flag[0] = R::ZERO;
@@ -280,6 +315,7 @@ fn backward_with<R: Real, K: Kernels<R>>(
 
     for l in (0..cfg.n_layer).rev() {
         let (x_in, la) = block(&sizes, w.encoded, w.layers, l);
+        let ka = kept.as_deref_mut().map(|kr| kept_block(&sizes, kr, l));
         let scratch = Scratch {
             s_ln: &mut *w.s_ln,
             s_a: &mut *w.s_a,
@@ -294,6 +330,7 @@ fn backward_with<R: Real, K: Kernels<R>>(
             &mut g.layer_mut(cfg, l),
             x_in,
             la,
+            ka,
             w.dres,
             scratch,
             &sizes,
@@ -314,7 +351,8 @@ struct Scratch<'a, R> {
 }
 
 /// Backward of [`block_forward`]. `dres` holds the gradient of the block's
-/// output on entry and of its input on return.
+/// output on entry and of its input on return; `kept` is what that forward
+/// kept, if it did.
 #[allow(clippy::too_many_arguments)]
 fn block_backward<R: Real, K: Kernels<R>>(
     k: &K,
@@ -323,6 +361,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
     lg: &mut LayerGrads<'_, R>,
     x_in: &[R],
     la: LayerActs<'_, R>,
+    kept: Option<KeptActs<'_, R>>,
     dres: &mut [R],
     s: Scratch<'_, R>,
     sz: &ActSizes,
@@ -348,16 +387,22 @@ fn block_backward<R: Real, K: Kernels<R>>(
         lp.ln2_b,
         eps,
     );
-    // GELU and its derivative in one pass; the pre-activation is not needed
-    // again, so its buffer takes the derivative.
-    k.gelu_forward_grad(s_a, la.fch);
+    // GELU and its derivative in one pass (unless forward kept them); the
+    // pre-activation is not needed again, so its buffer takes the derivative.
+    let (gelu, probs, probs_kept) = match kept {
+        Some(ka) => (&*ka.gelu, ka.probs, true),
+        None => {
+            k.gelu_forward_grad(s_a, la.fch);
+            (&*s_a, probs, false)
+        }
+    };
     matmul_backward(
         k,
         s_b,
         lg.mproj_w,
         lg.mproj_b,
         dres,
-        s_a,
+        gelu,
         lp.mproj_w,
         bt,
         4 * c,
@@ -397,7 +442,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
     );
     let dqkv = &mut s_b[..bt * 3 * c];
     attention_backward(
-        k, dqkv, probs, dpre, datty, la.qkv, sz.b, sz.t, c, cfg.n_head,
+        k, dqkv, probs, dpre, datty, la.qkv, sz.b, sz.t, c, cfg.n_head, probs_kept,
     );
     k.layernorm_forward(
         s_ln,

@@ -118,9 +118,10 @@ pub(crate) fn causal_softmax_row<R: Real, K: Kernels<R>>(k: &K, row: &mut [R], t
 
 /// Causal multi-head self-attention. `qkv` is `[BT, 3C]` with `[q | k | v]`
 /// per token (head `h` uses columns `h·hd..(h+1)·hd` of each third); writes
-/// the output `atty` `[BT, C]`. `probs` is `T×T` scratch for one head's
-/// probabilities; backward recomputes them ([`head_probs`]) rather than
-/// keeping `B·H·T²` per block.
+/// the output `atty` `[BT, C]`. Without `keep`, `probs` is `T×T` scratch
+/// for one head's probabilities and backward recomputes them
+/// ([`head_probs`]); with it, `probs` holds `B·H` of them (head `h` of
+/// sequence `bi` at `(bi·H + h)·T²`) and keeps them for backward.
 ///
 /// Every product is one `gemm` per block of [`ATT_ROW_BLOCK`] rows (or
 /// columns) that stops at the block's diagonal edge, instead of one call per
@@ -138,14 +139,16 @@ pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
     t: usize,
     c: usize,
     nh: usize,
+    keep: bool,
 ) {
     let (hd, c3) = (c / nh, 3 * c);
-    let p = &mut probs[..t * t];
     for bi in 0..b {
         for h in 0..nh {
             let q0 = bi * t * c3 + h * hd;
             let v0 = q0 + 2 * c;
             let y0 = bi * t * c + h * hd;
+            let p0 = if keep { (bi * nh + h) * t * t } else { 0 };
+            let p = &mut probs[p0..p0 + t * t];
             head_probs(k, p, qkv, q0, t, c, hd);
             // Y = P·V over each block's live columns.
             for (i0, i1) in row_blocks(t) {
@@ -216,7 +219,9 @@ fn row_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Backward of [`attention_forward`]: writes `dqkv` `[BT, 3C]` (every element
-/// overwritten) from `datty`; `probs` and `dpre` are `T×T` scratch.
+/// overwritten) from `datty`; `dpre` is `T×T` scratch, and `probs` is
+/// either that too (`kept` false: recomputed per head) or the probabilities
+/// a forward with `keep` left.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
     k: &K,
@@ -229,17 +234,21 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
     t: usize,
     c: usize,
     nh: usize,
+    kept: bool,
 ) {
     let (hd, c3) = (c / nh, 3 * c);
     let scale = attn_scale::<R>(hd);
     let dpre = &mut dpre[..t * t];
-    let probs = &mut probs[..t * t];
     for bi in 0..b {
         for h in 0..nh {
             let q0 = bi * t * c3 + h * hd;
-            head_probs(k, probs, qkv, q0, t, c, hd);
-            let p = &*probs;
-            let q0 = bi * t * c3 + h * hd;
+            let p = if kept {
+                let p0 = (bi * nh + h) * t * t;
+                &probs[p0..p0 + t * t]
+            } else {
+                head_probs(k, &mut probs[..t * t], qkv, q0, t, c, hd);
+                &probs[..t * t]
+            };
             let (k0, v0) = (q0 + c, q0 + 2 * c);
             let y0 = bi * t * c + h * hd;
             // dP[t,s] = dy_t · v_s, for s ≤ t (and up to the block edge).

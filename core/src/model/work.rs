@@ -21,12 +21,20 @@
 //!                                          (0 above the diagonal; recomputed in backward)
 //!   dpre                          T²       attention score gradients of one head
 //! flag                            1        1 after a forward with targets
+//!                                          (2 when it also kept the region below)
+//! optional, only in a workspace of at least `kept_total` (block l, ×L):
+//!   gelu                          4C·BT    GELU output (fch then holds gelu')
+//!   att_probs                     B·H·T²   attention probabilities, per head
 //! ```
 //! LayerNorm outputs, the GELU output and the attention probabilities are
-//! cheap to recompute, so backward recomputes them instead of keeping `L`
-//! copies (the probabilities alone would be `B·H·T²` per block, more than
-//! the rest of a block at long contexts): peak memory is what limits batch
-//! size on small machines.
+//! cheap to recompute, so by default backward recomputes them instead of
+//! keeping `L` copies (the probabilities alone would be `B·H·T²` per block,
+//! more than the rest of a block at long contexts): peak memory is what
+//! limits batch size on small machines. A caller with memory to spare hands
+//! over a workspace that also holds the optional region, and backward then
+//! reads the GELU output, its derivative and the probabilities instead of
+//! computing them again. Both ways give the same bits: the kept values are
+//! produced by the same kernels from the same inputs.
 
 use super::config::GptConfig;
 use super::layout::split_mut;
@@ -41,8 +49,12 @@ pub(crate) struct ActSizes {
     pub layer_len: usize,
     /// Elements of the whole workspace.
     pub total: usize,
+    /// Elements of the workspace with the optional kept region.
+    pub kept_total: usize,
     layer: [usize; 9],
     top: [usize; 13],
+    /// One block's kept GELU output and attention probabilities.
+    kept: [usize; 2],
 }
 
 impl ActSizes {
@@ -81,14 +93,24 @@ impl ActSizes {
             1,
         ];
         let total = top.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
+        let kept = [
+            cbt.checked_mul(4)?,
+            tt.checked_mul(b)?.checked_mul(cfg.n_head)?,
+        ];
+        let kept_total = kept[0]
+            .checked_add(kept[1])?
+            .checked_mul(cfg.n_layer)?
+            .checked_add(total)?;
         Some(Self {
             b,
             t,
             bt,
             layer_len,
             total,
+            kept_total,
             layer,
             top,
+            kept,
         })
     }
 
@@ -128,13 +150,25 @@ pub(crate) struct Work<'a, R> {
     pub probs: &'a mut [R],
     pub dpre: &'a mut [R],
     pub flag: &'a mut [R],
+    /// The optional kept region (`n_layer` blocks of [`KeptActs`]), when
+    /// the buffer is long enough for it.
+    pub kept: Option<&'a mut [R]>,
+}
+
+/// One block's kept GELU output and attention probabilities.
+pub(crate) struct KeptActs<'a, R> {
+    pub gelu: &'a mut [R],
+    pub probs: &'a mut [R],
 }
 
 impl<'a, R> Work<'a, R> {
-    /// Carves `buf` (at least `sizes.total` long; the caller checked).
+    /// Carves `buf` (at least `sizes.total` long; the caller checked), with
+    /// the kept region when `buf` holds `sizes.kept_total`.
     pub fn carve(sizes: &ActSizes, buf: &'a mut [R]) -> Self {
+        let (main, rest) = buf.split_at_mut(sizes.total);
+        let kept = rest.get_mut(..sizes.kept_total - sizes.total);
         let [encoded, layers, lnf_mean, lnf_rstd, logits, lse, s_ln, s_a, s_b, dres, probs, dpre, flag] =
-            split_mut(&mut buf[..sizes.total], sizes.top);
+            split_mut(main, sizes.top);
         Self {
             encoded,
             layers,
@@ -149,8 +183,16 @@ impl<'a, R> Work<'a, R> {
             probs,
             dpre,
             flag,
+            kept,
         }
     }
+}
+
+/// Block `l`'s part of the kept region.
+pub(crate) fn kept_block<'w, R>(sizes: &ActSizes, kept: &'w mut [R], l: usize) -> KeptActs<'w, R> {
+    let len = sizes.kept[0] + sizes.kept[1];
+    let [gelu, probs] = split_mut(&mut kept[l * len..(l + 1) * len], sizes.kept);
+    KeptActs { gelu, probs }
 }
 
 /// Block `l`'s input (the embeddings or the previous block's output) and its

@@ -8,7 +8,7 @@ use cllm_core::model::GptConfig;
 use cllm_core::tree::Shape;
 
 use crate::data::human_bytes;
-use crate::exec::{reduction_buffers, ExecConfig};
+use crate::exec::{reduction_buffers, work_len, ExecConfig};
 
 use super::config::{AccumulatorKind, ConfigError};
 
@@ -41,7 +41,7 @@ pub fn estimate_memory(
     let t = exec.threads as u128;
     let assoc = kind != AccumulatorKind::F32;
     let (slots, accs) = reduction_buffers(exec, assoc, model.num_params());
-    let work = model.activation_len(exec.micro_batch, exec.seq_len) as u128;
+    let work = work_len(model, exec) as u128;
     let io = 2 * (exec.micro_batch * exec.seq_len) as u128 * 4;
     let bytes = 3 * p * 4
         + slots as u128 * p * 4

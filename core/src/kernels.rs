@@ -285,6 +285,23 @@ pub trait Kernels<R: Real>: Sync {
         }
     }
 
+    /// Softmax backward of one row, scaled: `d[i] = p[i]·(d[i] − ⟨p, d⟩)·scale`
+    /// (`d` holds the gradient of the probabilities `p` on entry and that of
+    /// the scores on return).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn softmax_backward_row(&self, d: &mut [R], p: &[R], scale: R) {
+        assert_eq!(d.len(), p.len(), "softmax_backward_row: length mismatch");
+        let mut dot = R::ZERO;
+        for (&pv, &dv) in p.iter().zip(d.iter()) {
+            dot += pv * dv;
+        }
+        for (dv, &pv) in d.iter_mut().zip(p) {
+            *dv = pv * (*dv - dot) * scale;
+        }
+    }
+
     /// In-place numerically stable softmax of one row (max subtracted first).
     /// An empty row is left alone.
     fn softmax_row(&self, row: &mut [R]) {
@@ -397,6 +414,33 @@ pub trait Kernels<R: Real>: Sync {
         );
         for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
             *o = x + y;
+        }
+    }
+
+    /// `acc[j] += Σ_r m[r][j]` over the rows of `m` (`acc.len()` wide), each
+    /// column summed in row order (a bias gradient). An implementation may
+    /// vectorise across columns but must keep that order.
+    ///
+    /// # Panics
+    /// If `m` is not whole rows of `acc.len()` (or `acc` is empty and `m` is not).
+    fn add_rows(&self, acc: &mut [R], m: &[R]) {
+        let c = acc.len();
+        assert!(
+            if c == 0 {
+                m.is_empty()
+            } else {
+                m.len() % c == 0
+            },
+            "add_rows: {} elements are not whole rows of {c}",
+            m.len()
+        );
+        if c == 0 {
+            return;
+        }
+        for row in m.chunks_exact(c) {
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a += x;
+            }
         }
     }
 

@@ -21,6 +21,11 @@
 //!   `4u·|p| + 8u·lr·|update|`.
 //! - Log-sum-exp: within `(8 + 2√cols)·u·(|max| + 1)`; the cross-entropy
 //!   gradient row `exp(x − lse)/n` within `(4 + |x − lse|)·u` relative.
+//! - Residual add, product and bias-gradient row sums: bitwise the portable
+//!   kernel's (same operations in the same order per element).
+//! - Softmax backward row `p·(d − ⟨p,d⟩)·s`: within
+//!   `(4·|p·(d − dot)| + (2 + n)·|p|·Σ|p·d|)·u·|s|` of the f64 value (the dot
+//!   product's rounding, in any summation order, carried by `p`).
 
 use cllm_std::kernels::{AdamW, KernelChoice, SimdKernels};
 
@@ -719,6 +724,90 @@ fn gelu_forward_grad_equals_the_separate_kernels() {
                     "{} gelu' at x = {}",
                     kern.describe(),
                     x[i]
+                );
+            }
+        }
+    }
+}
+
+/// The residual add, the product and the bias-gradient row sums give the
+/// core's portable bits with every kernel and every tail, and stay inside
+/// their slices.
+#[test]
+fn add_mul_and_row_sums_equal_portable() {
+    use cllm_core::kernels::{Kernels, Portable};
+    for kern in kernels() {
+        for &n in &LENS {
+            let (a, b) = (fill(n, 70 + n as u64), fill(n, 71 + n as u64));
+            let (mut want_s, mut want_p) = (vec![0.0; n], vec![0.0; n]);
+            Portable.add(&mut want_s, &a, &b);
+            Portable.mul(&mut want_p, &a, &b);
+            let mut out = with_tail(&vec![0.0; n]);
+            kern.add(&mut out[..n], &a, &b);
+            tail_intact(&out, n, "add");
+            assert!(out[..n]
+                .iter()
+                .zip(&want_s)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            kern.mul(&mut out[..n], &a, &b);
+            tail_intact(&out, n, "mul");
+            assert!(out[..n]
+                .iter()
+                .zip(&want_p)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            for rows in [1, 3, 70] {
+                // Rows of very different sizes, so the order of the adds shows.
+                let m: Vec<f32> = fill(n * rows, 80 + n as u64)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * [1.0, 1e7, 1e-3][i % 3])
+                    .collect();
+                let acc0 = fill(n, 90 + n as u64);
+                let mut want = acc0.clone();
+                Portable.add_rows(&mut want, &m);
+                let mut acc = with_tail(&acc0);
+                kern.add_rows(&mut acc[..n], &m);
+                tail_intact(&acc, n, "add_rows");
+                let bad = acc[..n]
+                    .iter()
+                    .zip(&want)
+                    .position(|(x, y)| x.to_bits() != y.to_bits());
+                assert_eq!(bad, None, "{} add_rows {rows}x{n}", kern.describe());
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_backward_row_accuracy() {
+    for kern in kernels() {
+        for &n in &LENS {
+            let x = fill(n, 100 + n as u64);
+            let mut p = vec![0.0f32; n];
+            kern.softmax_row(&mut p, &x);
+            let d0: Vec<f32> = fill(n, 101 + n as u64).iter().map(|v| v * 3.0).collect();
+            let scale = 0.176_776_7f32;
+            let dot: f64 = p.iter().zip(&d0).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let abs_dot: f64 = p
+                .iter()
+                .zip(&d0)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let mut d = with_tail(&d0);
+            kern.softmax_backward_row(&mut d[..n], &p, scale);
+            tail_intact(&d, n, "softmax_backward_row");
+            for i in 0..n {
+                let (pi, di) = (p[i] as f64, d0[i] as f64);
+                let want = pi * (di - dot) * scale as f64;
+                let tol = (4.0 * (pi * (di - dot)).abs() + (2 + n) as f64 * pi * abs_dot)
+                    * U
+                    * scale as f64;
+                let err = (d[i] as f64 - want).abs();
+                assert!(
+                    err <= tol,
+                    "{} n={n} i={i}: {} vs {want} (tol {tol})",
+                    kern.describe(),
+                    d[i]
                 );
             }
         }

@@ -90,11 +90,7 @@ pub(crate) fn matmul_backward<R: Real, K: Kernels<R>>(
     // wᵀ is w read with swapped strides.
     k.gemm(rows, oc, ic, dout, oc, 1, w, 1, oc, dinp, ic, 1, false);
     k.gemm(ic, rows, oc, inp, 1, ic, dout, oc, 1, dw, oc, 1, accumulate);
-    for d in dout[..rows * oc].chunks_exact(oc) {
-        for (g, &x) in dbias.iter_mut().zip(d) {
-            *g += x;
-        }
-    }
+    k.add_rows(dbias, &dout[..rows * oc]);
 }
 
 // -------------------------------------------------------------- attention
@@ -274,13 +270,7 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
             for ti in 0..t {
                 let pr = &p[ti * t..ti * t + ti + 1];
                 let (dr, masked) = dpre[ti * t..(ti + 1) * t].split_at_mut(ti + 1);
-                let mut dot = R::ZERO;
-                for (&pv, &dv) in pr.iter().zip(dr.iter()) {
-                    dot += pv * dv;
-                }
-                for (d, &pv) in dr.iter_mut().zip(pr) {
-                    *d = pv * (*d - dot) * scale;
-                }
+                k.softmax_backward_row(dr, pr, scale);
                 masked.fill(R::ZERO);
             }
             // dq_t = Σ_{s≤t} dS[t,s]·k_s.

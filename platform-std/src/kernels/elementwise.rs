@@ -124,6 +124,50 @@ pub(super) fn softmax_row(isa: Isa, out: &mut [f32], inp: &[f32]) {
     dispatch!(isa, softmax_row(out, inp))
 }
 
+pub(super) fn add(isa: Isa, out: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(
+        out.len() == a.len() && a.len() == b.len(),
+        "add: lengths {} {} {}",
+        out.len(),
+        a.len(),
+        b.len()
+    );
+    dispatch!(isa, add(out, a, b))
+}
+
+pub(super) fn mul(isa: Isa, out: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(
+        out.len() == a.len() && a.len() == b.len(),
+        "mul: lengths {} {} {}",
+        out.len(),
+        a.len(),
+        b.len()
+    );
+    dispatch!(isa, mul(out, a, b))
+}
+
+pub(super) fn add_rows(isa: Isa, acc: &mut [f32], m: &[f32]) {
+    let c = acc.len();
+    assert!(
+        if c == 0 {
+            m.is_empty()
+        } else {
+            m.len() % c == 0
+        },
+        "add_rows: {} elements are not whole rows of {c}",
+        m.len()
+    );
+    if c == 0 {
+        return;
+    }
+    dispatch!(isa, add_rows(acc, m))
+}
+
+pub(super) fn softmax_backward_row(isa: Isa, d: &mut [f32], p: &[f32], scale: f32) {
+    assert_eq!(d.len(), p.len(), "softmax_backward_row: length mismatch");
+    dispatch!(isa, softmax_backward_row(d, p, scale))
+}
+
 pub(super) fn adamw(
     isa: Isa,
     params: &mut [f32],

@@ -275,6 +275,28 @@ impl SimdKernels {
         );
     }
 
+    /// `out = a + b` (the same bits as the portable kernel).
+    pub fn add(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
+        elementwise::add(self.isa, out, a, b);
+    }
+
+    /// `out = a ∘ b` (the same bits as the portable kernel).
+    pub fn mul(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
+        elementwise::mul(self.isa, out, a, b);
+    }
+
+    /// `acc[j] += Σ_r m[r][j]` over the rows of `m`, each column in row
+    /// order (the same bits as the portable kernel).
+    pub fn add_rows(&self, acc: &mut [f32], m: &[f32]) {
+        elementwise::add_rows(self.isa, acc, m);
+    }
+
+    /// `d = p ∘ (d − ⟨p, d⟩)·scale`: softmax backward of one row (the dot
+    /// product summed lane-wise, so not the portable bits).
+    pub fn softmax_backward_row(&self, d: &mut [f32], p: &[f32], scale: f32) {
+        elementwise::softmax_backward_row(self.isa, d, p, scale);
+    }
+
     /// `out = softmax(inp)` over one row (max-subtracted).
     pub fn softmax_row(&self, out: &mut [f32], inp: &[f32]) {
         elementwise::softmax_row(self.isa, out, inp);

@@ -1,7 +1,9 @@
 //! `SimdKernels` plugged into the core's kernel seam.
 //!
 //! Only what measurably pays is overridden (GEMM, GELU, LayerNorm, row
-//! softmax, log-sum-exp and the cross-entropy gradient, AdamW); everything else keeps the core's portable defaults.
+//! softmax and its backward, log-sum-exp and the cross-entropy gradient,
+//! AdamW, and the residual add, product and bias-gradient sums);
+//! everything else keeps the core's portable defaults.
 
 use cllm_core::kernels::{AdamWStep, Kernels};
 
@@ -105,6 +107,22 @@ impl Kernels<f32> for SimdKernels {
         let tmp = &mut tmp[..row.len()];
         tmp.copy_from_slice(row);
         SimdKernels::softmax_row(self, row, tmp)
+    }
+
+    fn softmax_backward_row(&self, d: &mut [f32], p: &[f32], scale: f32) {
+        SimdKernels::softmax_backward_row(self, d, p, scale)
+    }
+
+    fn add(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
+        SimdKernels::add(self, out, a, b)
+    }
+
+    fn mul(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
+        SimdKernels::mul(self, out, a, b)
+    }
+
+    fn add_rows(&self, acc: &mut [f32], m: &[f32]) {
+        SimdKernels::add_rows(self, acc, m)
     }
 
     fn logsumexp(&self, row: &[f32]) -> f32 {

@@ -530,6 +530,108 @@ pub(crate) unsafe fn softmax_row<V: Vf32>(out: &mut [f32], inp: &[f32]) {
     );
 }
 
+/// `out = a + b`.
+///
+/// # Safety
+/// ISA supported; slices of equal length (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn add<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
+    let (o, x, y) = (out.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+    map::<V>(
+        out.len(),
+        #[inline(always)]
+        |i, part| {
+            let s = ld::<V>(x.add(i), part, 0.0).add(ld(y.add(i), part, 0.0));
+            st(s, o.add(i), part)
+        },
+    );
+}
+
+/// `out = a ∘ b`.
+///
+/// # Safety
+/// ISA supported; slices of equal length (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn mul<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
+    let (o, x, y) = (out.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+    map::<V>(
+        out.len(),
+        #[inline(always)]
+        |i, part| {
+            let s = ld::<V>(x.add(i), part, 0.0).mul(ld(y.add(i), part, 0.0));
+            st(s, o.add(i), part)
+        },
+    );
+}
+
+/// `acc[j] += Σ_r m[r][j]`, each column summed in row order (the portable
+/// order, so the same bits). Four vectors of columns at a time go down all
+/// the rows in registers: four independent add chains, and `acc` is loaded
+/// and stored once.
+///
+/// # Safety
+/// ISA supported; `acc` non-empty and `m` whole rows of it (checked by the
+/// caller).
+#[inline(always)]
+pub(crate) unsafe fn add_rows<V: Vf32>(acc: &mut [f32], m: &[f32]) {
+    const BLOCK: usize = 4;
+    let c = acc.len();
+    let rows = m.len() / c;
+    let (a, x) = (acc.as_mut_ptr(), m.as_ptr());
+    let mut j = 0;
+    while j + BLOCK * V::LANES <= c {
+        let mut s = [V::splat(0.0); BLOCK];
+        for (q, v) in s.iter_mut().enumerate() {
+            *v = V::load(a.add(j + q * V::LANES));
+        }
+        for r in 0..rows {
+            let row = x.add(r * c + j);
+            for (q, v) in s.iter_mut().enumerate() {
+                *v = v.add(V::load(row.add(q * V::LANES)));
+            }
+        }
+        for (q, v) in s.iter().enumerate() {
+            v.store(a.add(j + q * V::LANES));
+        }
+        j += BLOCK * V::LANES;
+    }
+    while j < c {
+        let part = (c - j < V::LANES).then_some(c - j);
+        let mut v = ld::<V>(a.add(j), part, 0.0);
+        for r in 0..rows {
+            v = v.add(ld(x.add(r * c + j), part, 0.0));
+        }
+        st(v, a.add(j), part);
+        j += V::LANES;
+    }
+}
+
+/// `d = p ∘ (d − ⟨p, d⟩)·scale`; the dot product in lane-wise partial sums.
+///
+/// # Safety
+/// ISA supported; `d.len() == p.len()` (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn softmax_backward_row<V: Vf32>(d: &mut [f32], p: &[f32], scale: f32) {
+    let (dp, pp) = (d.as_mut_ptr(), p.as_ptr());
+    let n = d.len();
+    let dot = row_sum::<V>(
+        n,
+        #[inline(always)]
+        |i, part| ld::<V>(pp.add(i), part, 0.0).mul(ld(dp.add(i), part, 0.0)),
+    );
+    let (dv, sv) = (V::splat(dot), V::splat(scale));
+    map::<V>(
+        n,
+        #[inline(always)]
+        |i, part| {
+            let g = ld::<V>(pp.add(i), part, 0.0)
+                .mul(ld::<V>(dp.add(i), part, 0.0).sub(dv))
+                .mul(sv);
+            st(g, dp.add(i), part)
+        },
+    );
+}
+
 /// AdamW hyper-parameters for one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {

@@ -286,6 +286,22 @@ macro_rules! entry_points {
                 simd::exp_shift_scale::<$v>(row, shift, scale)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+                simd::add::<$v>(out, a, b)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn mul(out: &mut [f32], a: &[f32], b: &[f32]) {
+                simd::mul::<$v>(out, a, b)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn add_rows(acc: &mut [f32], m: &[f32]) {
+                simd::add_rows::<$v>(acc, m)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn softmax_backward_row(d: &mut [f32], p: &[f32], scale: f32) {
+                simd::softmax_backward_row::<$v>(d, p, scale)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn adamw(
                 params: &mut [f32],
                 grads: &[f32],

@@ -426,11 +426,7 @@ pub trait Kernels<R: Real>: Sync {
     fn add_rows(&self, acc: &mut [R], m: &[R]) {
         let c = acc.len();
         assert!(
-            if c == 0 {
-                m.is_empty()
-            } else {
-                m.len() % c == 0
-            },
+            m.len().is_multiple_of(c),
             "add_rows: {} elements are not whole rows of {c}",
             m.len()
         );

@@ -149,11 +149,7 @@ pub(super) fn mul(isa: Isa, out: &mut [f32], a: &[f32], b: &[f32]) {
 pub(super) fn add_rows(isa: Isa, acc: &mut [f32], m: &[f32]) {
     let c = acc.len();
     assert!(
-        if c == 0 {
-            m.is_empty()
-        } else {
-            m.len() % c == 0
-        },
+        m.len().is_multiple_of(c),
         "add_rows: {} elements are not whole rows of {c}",
         m.len()
     );

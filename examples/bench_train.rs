@@ -8,6 +8,8 @@
 //! cargo run --release --example bench_train -- --config medium --threads 2 --steps 5
 //! cargo run --release --example bench_train -- --config medium --threads 2 --micro-batch 1,2,4 --steps 3 --warmup 1
 //! ```
+//! Without `--micro-batch`, each of `T > 1` threads gets two units of the
+//! batch (`batch / 2T` sequences each) where that divides, else one.
 //! Every combination of the comma-separated lists runs in the same process,
 //! one after the other, so rows are comparable; compare ratios, not absolute
 //! figures, on a noisy machine. Peak RSS is the process's high-water mark
@@ -283,10 +285,15 @@ fn real_main() -> Result<(), String> {
         }
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // Default: two units per worker with several threads (when the batch
+    // divides), so a worker whose vCPU stalls has its second unit taken by
+    // the other instead of holding up the step; one unit with one thread.
     let micro_batches = |threads: usize| {
-        args.micro_batches
-            .clone()
-            .unwrap_or_else(|| vec![(batch / threads.max(1)).max(1)])
+        args.micro_batches.clone().unwrap_or_else(|| {
+            let t = threads.max(1);
+            let two = (t > 1 && batch % (2 * t) == 0).then(|| batch / (2 * t));
+            vec![two.unwrap_or(batch / t).max(1)]
+        })
     };
     for kname in &args.kernels {
         let choice = match kname.as_str() {

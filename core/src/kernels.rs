@@ -302,6 +302,17 @@ pub trait Kernels<R: Real>: Sync {
         }
     }
 
+    /// `row = softmax(row·scale)`: every element multiplied by `scale` (and
+    /// rounded), then [`Kernels::softmax_row`]. An implementation may fuse
+    /// the two but must give those bits (attention and the KV-cache path
+    /// both call this).
+    fn scaled_softmax_row(&self, row: &mut [R], scale: R) {
+        for x in row.iter_mut() {
+            *x *= scale;
+        }
+        self.softmax_row(row);
+    }
+
     /// In-place numerically stable softmax of one row (max subtracted first).
     /// An empty row is left alone.
     fn softmax_row(&self, row: &mut [R]) {

@@ -813,3 +813,40 @@ fn softmax_backward_row_accuracy() {
         }
     }
 }
+
+/// The fused in-place scaled softmax attention uses gives the bits of
+/// scaling the row and then the row softmax, with every kernel and tail
+/// (all-negative rows included, where a padding lane in the max would show),
+/// and the core's `Kernels::softmax_row` through the seam equals the
+/// two-slice kernel.
+#[test]
+fn scaled_softmax_row_equals_scaling_then_softmax() {
+    use cllm_core::kernels::Kernels;
+    for kern in kernels() {
+        for &n in &LENS {
+            for (shift, scale) in [(0.0f32, 0.176_776_7f32), (-50.0, 1.0), (30.0, 0.125)] {
+                let x: Vec<f32> = fill(n, 110 + n as u64)
+                    .iter()
+                    .map(|v| v * 8.0 + shift)
+                    .collect();
+                let scaled: Vec<f32> = x.iter().map(|v| v * scale).collect();
+                let mut want = vec![0.0; n];
+                kern.softmax_row(&mut want, &scaled);
+                let mut row = with_tail(&x);
+                kern.scaled_softmax_row(&mut row[..n], scale);
+                tail_intact(&row, n, "scaled_softmax_row");
+                let bad = row[..n]
+                    .iter()
+                    .zip(&want)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(bad, None, "{} n={n} scale={scale}", kern.describe());
+                let mut seam = scaled.clone();
+                Kernels::softmax_row(&kern, &mut seam);
+                assert!(seam
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+}

@@ -105,10 +105,7 @@ pub(crate) fn attn_scale<R: Real>(hd: usize) -> R {
 /// give the same bits.
 pub(crate) fn causal_softmax_row<R: Real, K: Kernels<R>>(k: &K, row: &mut [R], t: usize, scale: R) {
     let (live, masked) = row.split_at_mut(t + 1);
-    for x in live.iter_mut() {
-        *x *= scale;
-    }
-    k.softmax_row(live);
+    k.scaled_softmax_row(live, scale);
     masked.fill(R::ZERO);
 }
 

@@ -124,6 +124,13 @@ pub(super) fn softmax_row(isa: Isa, out: &mut [f32], inp: &[f32]) {
     dispatch!(isa, softmax_row(out, inp))
 }
 
+pub(super) fn scaled_softmax_row(isa: Isa, row: &mut [f32], scale: f32) {
+    if row.is_empty() {
+        return;
+    }
+    dispatch!(isa, scaled_softmax_row(row, scale))
+}
+
 pub(super) fn add(isa: Isa, out: &mut [f32], a: &[f32], b: &[f32]) {
     assert!(
         out.len() == a.len() && a.len() == b.len(),

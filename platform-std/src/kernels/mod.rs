@@ -302,6 +302,12 @@ impl SimdKernels {
         elementwise::softmax_row(self.isa, out, inp);
     }
 
+    /// `row = softmax(row·scale)` in place: the bits of scaling the row and
+    /// then [`Self::softmax_row`] (with `scale = 1`, of `softmax_row` alone).
+    pub fn scaled_softmax_row(&self, row: &mut [f32], scale: f32) {
+        elementwise::scaled_softmax_row(self.isa, row, scale);
+    }
+
     /// Row softmax over consecutive rows of length `cols`.
     pub fn softmax_rows(&self, out: &mut [f32], inp: &[f32], cols: usize) {
         assert_eq!(out.len(), inp.len(), "softmax_rows: length mismatch");

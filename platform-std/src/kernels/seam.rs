@@ -11,10 +11,6 @@ use super::AdamW;
 
 use super::SimdKernels;
 
-/// Rows longer than this fall back to the portable softmax (the in-place
-/// SIMD path copies the row to a stack buffer first).
-const SOFTMAX_STACK: usize = 1024;
-
 impl Kernels<f32> for SimdKernels {
     fn gemm(
         &self,
@@ -100,13 +96,12 @@ impl Kernels<f32> for SimdKernels {
     }
 
     fn softmax_row(&self, row: &mut [f32]) {
-        if row.len() > SOFTMAX_STACK {
-            return cllm_core::kernels::Portable.softmax_row(row);
-        }
-        let mut tmp = [0.0f32; SOFTMAX_STACK];
-        let tmp = &mut tmp[..row.len()];
-        tmp.copy_from_slice(row);
-        SimdKernels::softmax_row(self, row, tmp)
+        // x·1 is x for every number x, so these are the plain softmax's bits.
+        SimdKernels::scaled_softmax_row(self, row, 1.0)
+    }
+
+    fn scaled_softmax_row(&self, row: &mut [f32], scale: f32) {
+        SimdKernels::scaled_softmax_row(self, row, scale)
     }
 
     fn softmax_backward_row(&self, d: &mut [f32], p: &[f32], scale: f32) {

@@ -508,7 +508,42 @@ pub(crate) unsafe fn softmax_row<V: Vf32>(out: &mut [f32], inp: &[f32]) {
         #[inline(always)]
         |i, part| mx = mx.max(ld(x.add(i), part, f32::NEG_INFINITY)),
     );
-    let mv = V::splat(mx.reduce_max());
+    softmax_finish::<V>(o, x, n, mx.reduce_max());
+}
+
+/// `row = softmax(row·scale)`, in place: the bits of multiplying by `scale`
+/// and then [`softmax_row`], in one call and with no copy of the row.
+///
+/// # Safety
+/// ISA supported; `row` non-empty (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn scaled_softmax_row<V: Vf32>(row: &mut [f32], scale: f32) {
+    let n = row.len();
+    let o = row.as_mut_ptr();
+    let sv = V::splat(scale);
+    let mut mx = V::splat(f32::NEG_INFINITY);
+    map::<V>(
+        n,
+        #[inline(always)]
+        |i, part| {
+            let xs = ld::<V>(o.add(i), part, 0.0).mul(sv);
+            st(xs, o.add(i), part);
+            // Padding lanes must not take part in the max.
+            mx = mx.max(match part {
+                None => xs,
+                Some(k) => V::load_partial(o.add(i), k, f32::NEG_INFINITY),
+            });
+        },
+    );
+    softmax_finish::<V>(o, o, n, mx.reduce_max());
+}
+
+/// The rest of a softmax once the row maximum `m` is known: `o[i] =
+/// exp(x[i] − m) / Σ`. `o` may be `x` (each element is read before it is
+/// written).
+#[inline(always)]
+unsafe fn softmax_finish<V: Vf32>(o: *mut f32, x: *const f32, n: usize, m: f32) {
+    let mv = V::splat(m);
     let sum = row_sum::<V>(
         n,
         #[inline(always)]

@@ -278,6 +278,10 @@ macro_rules! entry_points {
                 simd::softmax_row::<$v>(out, inp)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn scaled_softmax_row(row: &mut [f32], scale: f32) {
+                simd::scaled_softmax_row::<$v>(row, scale)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn logsumexp(inp: &[f32]) -> f32 {
                 simd::logsumexp::<$v>(inp)
             }

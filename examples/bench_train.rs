@@ -12,7 +12,13 @@
 //! batch (`batch / 2T` sequences each) where that divides, else one.
 //! Every combination of the comma-separated lists runs in the same process,
 //! one after the other, so rows are comparable; compare ratios, not absolute
-//! figures, on a noisy machine. Peak RSS is the process's high-water mark
+//! figures, on a noisy machine. `--rounds N` runs the whole list N times,
+//! interleaved, and reports each row's median round (best step and RSS over
+//! all rounds): the way to compare rows on a machine whose speed drifts:
+//!
+//! ```sh
+//! cargo run --release --example bench_train -- --config small --threads 2 --depth 0,1,2,3 --rounds 5 --steps 20
+//! ``` Peak RSS is the process's high-water mark
 //! while the row ran: on Linux it is reset before each row (through
 //! `/proc/self/clear_refs`; where that fails the column is the peak since
 //! the process started, and the header says so). "est. MiB" is what the
@@ -66,6 +72,7 @@ struct Args {
     kernels: Vec<String>,
     data: String,
     pin: bool,
+    rounds: usize,
 }
 
 fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
@@ -92,6 +99,7 @@ fn parse() -> Result<Args, String> {
             env!("CARGO_MANIFEST_DIR")
         ),
         pin: false,
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,8 +116,14 @@ fn parse() -> Result<Args, String> {
             "--kernels" => a.kernels = list(&val()?, "kernels")?,
             "--data" => a.data = val()?,
             "--pin" => a.pin = true,
+            "--rounds" => {
+                a.rounds = val()?.parse().map_err(|_| "bad rounds")?;
+                if a.rounds == 0 {
+                    return Err("--rounds must be at least 1".into());
+                }
+            }
             "--help" | "-h" => {
-                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512 --data FILE --pin (worker i on core i)");
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512 --data FILE --pin (worker i on core i) --rounds N (all rows N times, interleaved; each row reports its median)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
@@ -295,6 +309,16 @@ fn real_main() -> Result<(), String> {
             vec![two.unwrap_or(batch / t).max(1)]
         })
     };
+    // Every combination, in the order the lists give them.
+    struct Combo {
+        kernels: SimdKernels,
+        peak1: f64,
+        acc: String,
+        threads: usize,
+        depth: u32,
+        mb: usize,
+    }
+    let mut combos = Vec::new();
     for kname in &args.kernels {
         let choice = match kname.as_str() {
             "auto" => KernelChoice::Auto,
@@ -305,76 +329,119 @@ fn real_main() -> Result<(), String> {
         };
         let kernels = SimdKernels::new(choice).map_err(|e| e.to_string())?;
         let peak1 = matmul_peak(&kernels);
-        for acc_name in &args.accumulators {
+        for acc in &args.accumulators {
+            if !["f32", "fixed", "exact"].contains(&acc.as_str()) {
+                return Err(format!("unknown accumulator {acc}"));
+            }
             for &threads in &args.threads {
-                for (&depth, mb) in args
-                    .depths
-                    .iter()
-                    .flat_map(|d| micro_batches(threads).into_iter().map(move |m| (d, m)))
-                {
-                    if mb == 0 || batch % mb != 0 {
-                        return Err(format!(
-                            "batch {batch} is not a multiple of micro-batch {mb}"
-                        ));
-                    }
-                    let units = batch / mb;
-                    let shape = Shape::new(depth, args.branching).map_err(|e| e.to_string())?;
-                    let source = Arc::new(Bytes {
-                        data: data.clone(),
-                        micro_batch: mb,
-                        seq,
-                    });
-                    let k = kernels;
-                    if per_row {
-                        reset_peak_rss();
-                    }
-                    let row = match acc_name.as_str() {
-                        "f32" => run(model, F32Acc, k, source, shape, threads, units, &args)?,
-                        "fixed" => run(
-                            model,
-                            FixedAcc::default(),
-                            k,
-                            source,
-                            shape,
+                for &depth in &args.depths {
+                    for mb in micro_batches(threads) {
+                        if mb == 0 || batch % mb != 0 {
+                            return Err(format!(
+                                "batch {batch} is not a multiple of micro-batch {mb}"
+                            ));
+                        }
+                        combos.push(Combo {
+                            kernels,
+                            peak1,
+                            acc: acc.clone(),
                             threads,
-                            units,
-                            &args,
-                        )?,
-                        "exact" => run(model, ExactAcc, k, source, shape, threads, units, &args)?,
-                        a => return Err(format!("unknown accumulator {a}")),
-                    };
-                    let peak = peak1
-                        * threads.min(
-                            std::thread::available_parallelism()
-                                .map(|n| n.get())
-                                .unwrap_or(1),
-                        ) as f64;
-                    println!(
-                        "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0} | {:.0} | {:.3} | {:.0} |",
-                        kernels.describe(),
-                        acc_name,
-                        threads,
-                        depth,
-                        args.branching,
-                        units,
-                        mb,
-                        row.tokens_per_s,
-                        row.ms_per_step,
-                        row.gflops,
-                        100.0 * row.gflops / peak,
-                        peak_rss_mib(),
-                        row.memory_bytes as f64 / (1 << 20) as f64,
-                        row.loss,
-                        row.best_tokens_per_s
-                    );
+                            depth,
+                            mb,
+                        });
+                    }
                 }
             }
         }
+    }
+    // Round after round over all combinations, so that a slow or fast
+    // patch of the machine hits them alike; each row then reports its
+    // median round (its highest RSS and best step over all rounds).
+    let mut results: Vec<Vec<(Row, f64)>> = combos.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for (c, out) in combos.iter().zip(results.iter_mut()) {
+            let units = batch / c.mb;
+            let shape = Shape::new(c.depth, args.branching).map_err(|e| e.to_string())?;
+            let source = Arc::new(Bytes {
+                data: data.clone(),
+                micro_batch: c.mb,
+                seq,
+            });
+            let k = c.kernels;
+            if per_row {
+                reset_peak_rss();
+            }
+            let row = match c.acc.as_str() {
+                "f32" => run(model, F32Acc, k, source, shape, c.threads, units, &args)?,
+                "fixed" => run(
+                    model,
+                    FixedAcc::default(),
+                    k,
+                    source,
+                    shape,
+                    c.threads,
+                    units,
+                    &args,
+                )?,
+                _ => run(model, ExactAcc, k, source, shape, c.threads, units, &args)?,
+            };
+            if args.rounds > 1 {
+                eprintln!(
+                    "round {}: {} threads, depth {}, {}×{}: {:.0} tokens/s",
+                    round + 1,
+                    c.threads,
+                    c.depth,
+                    units,
+                    c.mb,
+                    row.tokens_per_s
+                );
+            }
+            out.push((row, peak_rss_mib()));
+        }
+    }
+    for (c, rows) in combos.iter().zip(results.iter_mut()) {
+        rows.sort_by(|a, b| a.0.tokens_per_s.total_cmp(&b.0.tokens_per_s));
+        let rss = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+        let best = rows
+            .iter()
+            .map(|r| r.0.best_tokens_per_s)
+            .fold(0.0, f64::max);
+        let row = &rows[rows.len() / 2].0;
+        let peak = c.peak1
+            * c.threads.min(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            ) as f64;
         println!(
-            "measured single-thread matmul peak ({}): {:.1} GFLOP/s (512³ sgemm)",
-            kernels.describe(),
-            peak1
+            "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0} | {:.0} | {:.3} | {:.0} |",
+            c.kernels.describe(),
+            c.acc,
+            c.threads,
+            c.depth,
+            args.branching,
+            batch / c.mb,
+            c.mb,
+            row.tokens_per_s,
+            row.ms_per_step,
+            row.gflops,
+            100.0 * row.gflops / peak,
+            rss,
+            row.memory_bytes as f64 / (1 << 20) as f64,
+            row.loss,
+            best
         );
+    }
+    let mut shown = Vec::new();
+    for c in &combos {
+        let name = c.kernels.describe();
+        if !shown.contains(&name) {
+            println!(
+                "measured single-thread matmul peak ({name}): {:.1} GFLOP/s (512³ sgemm)",
+                c.peak1
+            );
+            shown.push(name);
+        }
     }
     Ok(())
 }

@@ -364,6 +364,19 @@ fn bench_elementwise(quick: bool) {
         .collect();
     row(&format!("gelu_backward n={n}"), n, None, jobs);
 
+    let jobs = isas
+        .iter()
+        .map(|&k| {
+            let (mut o, mut d) = (vec![0.0; n], x.to_vec());
+            Box::new(move || {
+                // Refill the input: the kernel overwrites it with gelu'.
+                d.copy_from_slice(x);
+                k.gelu_forward_grad(black_box(&mut o), black_box(&mut d))
+            }) as Job
+        })
+        .collect();
+    row(&format!("gelu_forward_grad (+copy) n={n}"), n, None, jobs);
+
     for (rows, c) in [(768, 128), (1024, 384)] {
         let (w, b) = (fill(c, 5), fill(c, 6));
         let (w, b) = (&w, &b);

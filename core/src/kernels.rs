@@ -115,6 +115,39 @@ pub trait Kernels<R: Real>: Sync {
         self.gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, true);
     }
 
+    /// `C = (A·B) ∘ F` for a row-major `C` (`F` is `m×n` with C's row
+    /// stride; C is overwritten): [`Kernels::gemm`] followed by the
+    /// elementwise product on each row, which is what the default does (an
+    /// override must give those bits, e.g. by multiplying each part of C as
+    /// it finishes).
+    ///
+    /// # Panics
+    /// As `gemm`, or if `f` does not hold the `m×n` view.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_mul(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[R],
+        rsa: usize,
+        csa: usize,
+        b: &[R],
+        rsb: usize,
+        csb: usize,
+        f: &[R],
+        c: &mut [R],
+        rsc: usize,
+    ) {
+        self.gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false);
+        for i in 0..m {
+            let row = i * rsc..i * rsc + n;
+            for (x, &y) in c[row.clone()].iter_mut().zip(&f[row]) {
+                *x *= y;
+            }
+        }
+    }
+
     /// `out[i] = gelu(inp[i])` with GPT-2's tanh approximation
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
     ///

@@ -541,4 +541,47 @@ fn main() {
     if only != Some("gemm") {
         bench_elementwise(quick);
     }
+    if only.is_none() || only == Some("fused") {
+        bench_fused(quick);
+    }
+}
+
+/// The GEMM with the product epilogue (c_proj's input gradient times GELU's
+/// derivative) against the GEMM followed by the product, interleaved.
+fn bench_fused(quick: bool) {
+    let Ok(k) = SimdKernels::new(KernelChoice::Auto) else {
+        return;
+    };
+    let rounds = if quick { 3 } else { 9 };
+    let budget = Duration::from_millis(if quick { 10 } else { 40 });
+    println!(
+        "\nfused epilogues ({}; µs per call, best / median)        separate            fused",
+        k.describe()
+    );
+    for (label, m, c) in [("S BT768", 768, 128), ("M BT512", 512, 384)] {
+        let n = 4 * c;
+        let (w, f) = (fill(c * n, 8), fill(m * n, 10));
+        let (w, f) = (&w, &f);
+        // dinp = dout·wᵀ (c_proj's w is n×c: B is a transposed view), times f.
+        let dout = fill(m * c, 11);
+        let dout = &dout;
+        let (mut d1, mut d2, mut s1) = (vec![0.0; m * n], vec![0.0; m * n], vec![0.0; m * n]);
+        let mut sep = || {
+            k.gemm(m, c, n, dout, c, 1, w, 1, c, &mut s1, n, 1, false);
+            cllm_core::kernels::Kernels::mul(&k, &mut d1, f, &s1);
+        };
+        let mut fused = || {
+            k.gemm_mul(m, c, n, dout, c, 1, w, 1, c, f, &mut d2, n);
+        };
+        let res = time_interleaved(&mut [&mut sep, &mut fused], rounds, budget);
+        let t: Vec<(f64, f64)> = res.into_iter().map(best_median).collect();
+        println!(
+            "{:<54} {:>7.1} / {:>7.1}  {:>7.1} / {:>7.1}",
+            format!("{label} mproj dinp {m}×{c}×{n} · gelu'"),
+            t[0].0 * 1e6,
+            t[0].1 * 1e6,
+            t[1].0 * 1e6,
+            t[1].1 * 1e6
+        );
+    }
 }

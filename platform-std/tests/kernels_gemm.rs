@@ -454,3 +454,54 @@ fn bias_epilogue_equals_fill_then_accumulate() {
         }
     }
 }
+
+/// The GEMM with the product epilogue gives the bits of the plain GEMM
+/// followed by the product, on every ISA: across KC and NC block edges,
+/// micro-tile tails, padded rows of C (whose padding must stay untouched),
+/// with A row-major or transposed and B row-major or transposed.
+#[test]
+fn product_epilogue_equals_gemm_then_product() {
+    use cllm_core::kernels::Kernels;
+    for kern in kernels() {
+        for &(m, k, n, pad) in &[
+            (1, 1, 1, 0),
+            (7, 5, 33, 3),
+            (9, 300, 17, 0),
+            (17, 64, 530, 5),
+            (70, 257, 96, 0),
+            (33, 128, 512, 0),
+        ] {
+            let rsc = n + pad;
+            for (transposed_a, transposed_b) in [(false, false), (true, false), (false, true)] {
+                let a = fill(m * k, 1 + m as u64);
+                let b = fill(k * n, 2 + n as u64);
+                let (rsa, csa) = if transposed_a { (1, m) } else { (k, 1) };
+                let (rsb, csb) = if transposed_b { (1, k) } else { (n, 1) };
+                let f = fill(m * rsc, 4);
+                let sentinel = -7777.0f32;
+                let len = (m - 1) * rsc + n + pad;
+                let what = format!(
+                    "{} m{m} k{k} n{n} pad{pad} tA {transposed_a} tB {transposed_b}",
+                    kern.describe()
+                );
+
+                let mut want = vec![sentinel; len];
+                Kernels::gemm(
+                    &kern, m, k, n, &a, rsa, csa, &b, rsb, csb, &mut want, rsc, 1, false,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        want[i * rsc + j] *= f[i * rsc + j];
+                    }
+                }
+                let mut c = vec![sentinel; len];
+                kern.gemm_mul(m, k, n, &a, rsa, csa, &b, rsb, csb, &f[..len], &mut c, rsc);
+                let bad = c
+                    .iter()
+                    .zip(&want)
+                    .position(|(p, q)| p.to_bits() != q.to_bits());
+                assert_eq!(bad, None, "{what} mul");
+            }
+        }
+    }
+}

@@ -396,9 +396,12 @@ fn block_backward<R: Real, K: Kernels<R>>(
             (&*s_a, probs, false)
         }
     };
+    // The gradient of the pre-activation: (dres · mproj_wᵀ) ∘ gelu', the
+    // product fused into the GEMM.
+    let dfch = &mut *s_b;
     matmul_backward(
         k,
-        s_b,
+        dfch,
         lg.mproj_w,
         lg.mproj_b,
         dres,
@@ -408,21 +411,22 @@ fn block_backward<R: Real, K: Kernels<R>>(
         4 * c,
         c,
         accumulate,
+        Some(&*la.fch),
     );
-    k.mul(s_a, la.fch, s_b);
-    let dln2 = &mut s_b[..bt * c];
+    let dln2 = &mut s_a[..bt * c];
     matmul_backward(
         k,
         dln2,
         lg.fc_w,
         lg.fc_b,
-        s_a,
+        dfch,
         s_ln,
         lp.fc_w,
         bt,
         c,
         4 * c,
         accumulate,
+        None,
     );
     k.layernorm_backward(
         dres,
@@ -438,7 +442,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
     // Attention branch.
     let datty = &mut s_a[..bt * c];
     matmul_backward(
-        k, datty, lg.proj_w, lg.proj_b, dres, la.atty, lp.proj_w, bt, c, c, accumulate,
+        k, datty, lg.proj_w, lg.proj_b, dres, la.atty, lp.proj_w, bt, c, c, accumulate, None,
     );
     let dqkv = &mut s_b[..bt * 3 * c];
     attention_backward(
@@ -466,6 +470,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
         c,
         3 * c,
         accumulate,
+        None,
     );
     k.layernorm_backward(
         dres,

@@ -70,7 +70,8 @@ pub(crate) fn matmul_forward<R: Real, K: Kernels<R>>(
     k.gemm_bias(rows, ic, oc, inp, ic, 1, w, oc, 1, bias, out, oc);
 }
 
-/// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten),
+/// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten; times
+/// `dinp_factor` elementwise when given, e.g. the activation's derivative),
 /// `dw (+)= inpᵀ · dout` (added when `accumulate`, else written),
 /// `dbias += Σ_rows dout`.
 #[allow(clippy::too_many_arguments)]
@@ -86,9 +87,13 @@ pub(crate) fn matmul_backward<R: Real, K: Kernels<R>>(
     ic: usize,
     oc: usize,
     accumulate: bool,
+    dinp_factor: Option<&[R]>,
 ) {
     // wᵀ is w read with swapped strides.
-    k.gemm(rows, oc, ic, dout, oc, 1, w, 1, oc, dinp, ic, 1, false);
+    match dinp_factor {
+        Some(f) => k.gemm_mul(rows, oc, ic, dout, oc, 1, w, 1, oc, f, dinp, ic),
+        None => k.gemm(rows, oc, ic, dout, oc, 1, w, 1, oc, dinp, ic, 1, false),
+    }
     k.gemm(ic, rows, oc, inp, 1, ic, dout, oc, 1, dw, oc, 1, accumulate);
     k.add_rows(dbias, &dout[..rows * oc]);
 }

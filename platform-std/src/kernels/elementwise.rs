@@ -153,6 +153,11 @@ pub(super) fn mul(isa: Isa, out: &mut [f32], a: &[f32], b: &[f32]) {
     dispatch!(isa, mul(out, a, b))
 }
 
+pub(super) fn mul_in_place(isa: Isa, acc: &mut [f32], f: &[f32]) {
+    assert_eq!(acc.len(), f.len(), "mul_in_place: length mismatch");
+    dispatch!(isa, mul_in_place(acc, f))
+}
+
 pub(super) fn add_rows(isa: Isa, acc: &mut [f32], m: &[f32]) {
     let c = acc.len();
     assert!(

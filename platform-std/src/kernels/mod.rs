@@ -222,6 +222,28 @@ impl SimdKernels {
         gemm::sgemm_bias_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc);
     }
 
+    /// `C = (A·B) ∘ F` for a row-major C (F `m×n` with C's row stride),
+    /// each strip multiplied as it finishes (the bits of [`Self::gemm`]
+    /// then the product).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_mul(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        rsb: usize,
+        csb: usize,
+        f: &[f32],
+        c: &mut [f32],
+        rsc: usize,
+    ) {
+        gemm::sgemm_mul_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, f, c, rsc);
+    }
+
     /// `out[i] = gelu(inp[i])`, GPT-2's tanh approximation
     /// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
     pub fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {

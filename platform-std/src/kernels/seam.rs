@@ -51,6 +51,24 @@ impl Kernels<f32> for SimdKernels {
         SimdKernels::gemm_bias(self, m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc)
     }
 
+    fn gemm_mul(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        rsa: usize,
+        csa: usize,
+        b: &[f32],
+        rsb: usize,
+        csb: usize,
+        f: &[f32],
+        c: &mut [f32],
+        rsc: usize,
+    ) {
+        SimdKernels::gemm_mul(self, m, k, n, a, rsa, csa, b, rsb, csb, f, c, rsc)
+    }
+
     fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
         SimdKernels::gelu_forward(self, out, inp)
     }

@@ -599,6 +599,23 @@ pub(crate) unsafe fn mul<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
     );
 }
 
+/// `acc = acc ∘ f` (the bits of [`mul`]: multiplication commutes).
+///
+/// # Safety
+/// ISA supported; slices of equal length (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn mul_in_place<V: Vf32>(acc: &mut [f32], f: &[f32]) {
+    let (o, y) = (acc.as_mut_ptr(), f.as_ptr());
+    map::<V>(
+        acc.len(),
+        #[inline(always)]
+        |i, part| {
+            let s = ld::<V>(o.add(i), part, 0.0).mul(ld(y.add(i), part, 0.0));
+            st(s, o.add(i), part)
+        },
+    );
+}
+
 /// `acc[j] += Σ_r m[r][j]`, each column summed in row order (the portable
 /// order, so the same bits). Four vectors of columns at a time go down all
 /// the rows in registers: four independent add chains, and `acc` is loaded

@@ -298,6 +298,10 @@ macro_rules! entry_points {
                 simd::mul::<$v>(out, a, b)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn mul_in_place(acc: &mut [f32], f: &[f32]) {
+                simd::mul_in_place::<$v>(acc, f)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn add_rows(acc: &mut [f32], m: &[f32]) {
                 simd::add_rows::<$v>(acc, m)
             }

@@ -150,10 +150,10 @@ impl GptConfig {
     }
 
     /// A longer workspace, [`activation_len`](Self::activation_len) plus
-    /// `L·(4·C·BT + B·H·T²)`, in which a forward pass with targets also
-    /// keeps every block's GELU output, GELU derivative and attention
-    /// probabilities, so backward does not compute them again (faster, for
-    /// the memory). Any workspace at least this long is used this way; the
+    /// `L·(6·C·BT + B·H·T²)`, in which a forward pass with targets also
+    /// keeps every block's LayerNorm outputs, GELU output, GELU derivative
+    /// and attention probabilities, so backward does not compute them again
+    /// (faster, for the memory). Any workspace at least this long is used this way; the
     /// gradients are bitwise the same as with the short one.
     pub fn activation_len_kept(&self, batch: usize, seq: usize) -> usize {
         ActSizes::new(self, batch, seq).map_or(usize::MAX, |s| s.kept_total)
@@ -237,7 +237,7 @@ mod tests {
         );
         assert_eq!(
             cfg.activation_len_kept(b, t),
-            cfg.activation_len(b, t) + l * (4 * c * bt + b * 2 * t * t)
+            cfg.activation_len(b, t) + l * (6 * c * bt + b * 2 * t * t)
         );
         assert_eq!(cfg.activation_len_kept(usize::MAX, 2), usize::MAX);
         assert_eq!(cfg.kv_cache_len(), 2 * l * 8 * c);

@@ -151,26 +151,27 @@ fn block_forward<R: Real, K: Kernels<R>>(
 ) {
     let (c, bt, eps) = (cfg.n_embd, sz.bt, R::from_f64(LN_EPS));
     let s_ln = &mut s_ln[..bt * c];
-    k.layernorm_forward(
-        s_ln,
-        la.ln1_mean,
-        la.ln1_rstd,
-        x_in,
-        lp.ln1_w,
-        lp.ln1_b,
-        eps,
-    );
-    matmul_forward(k, la.qkv, s_ln, lp.attn_w, lp.attn_b, bt, c, 3 * c);
-    let (probs, keep) = match kept {
-        Some(ref mut ka) => (&mut *ka.probs, true),
-        None => (probs, false),
+    let keep = kept.is_some();
+    let ln1 = match kept {
+        Some(ref mut ka) => &mut *ka.ln1,
+        None => &mut *s_ln,
+    };
+    k.layernorm_forward(ln1, la.ln1_mean, la.ln1_rstd, x_in, lp.ln1_w, lp.ln1_b, eps);
+    matmul_forward(k, la.qkv, ln1, lp.attn_w, lp.attn_b, bt, c, 3 * c);
+    let probs = match kept {
+        Some(ref mut ka) => &mut *ka.probs,
+        None => probs,
     };
     attention_forward(k, la.atty, probs, la.qkv, sz.b, sz.t, c, cfg.n_head, keep);
     matmul_forward(k, s_ln, la.atty, lp.proj_w, lp.proj_b, bt, c, c);
     k.add(la.res_mid, x_in, s_ln);
 
+    let ln2 = match kept {
+        Some(ref mut ka) => &mut *ka.ln2,
+        None => &mut *s_ln,
+    };
     k.layernorm_forward(
-        s_ln,
+        ln2,
         la.ln2_mean,
         la.ln2_rstd,
         la.res_mid,
@@ -178,7 +179,7 @@ fn block_forward<R: Real, K: Kernels<R>>(
         lp.ln2_b,
         eps,
     );
-    matmul_forward(k, la.fch, s_ln, lp.fc_w, lp.fc_b, bt, c, 4 * c);
+    matmul_forward(k, la.fch, ln2, lp.fc_w, lp.fc_b, bt, c, 4 * c);
     let gelu = match kept {
         Some(ka) => {
             k.gelu_forward_grad(ka.gelu, la.fch);
@@ -377,23 +378,23 @@ fn block_backward<R: Real, K: Kernels<R>>(
     } = s;
     let s_ln = &mut s_ln[..bt * c];
 
-    // MLP branch; recompute what forward did not keep.
-    k.layernorm_forward(
-        s_ln,
-        la.ln2_mean,
-        la.ln2_rstd,
-        la.res_mid,
-        lp.ln2_w,
-        lp.ln2_b,
-        eps,
-    );
-    // GELU and its derivative in one pass (unless forward kept them); the
-    // pre-activation is not needed again, so its buffer takes the derivative.
-    let (gelu, probs, probs_kept) = match kept {
-        Some(ka) => (&*ka.gelu, ka.probs, true),
+    // MLP branch; recompute what forward did not keep: LayerNorm, and GELU
+    // with its derivative in one pass (the pre-activation is not needed
+    // again, so its buffer takes the derivative).
+    let (ln1, ln2, gelu, probs, probs_kept) = match kept {
+        Some(ka) => (Some(&*ka.ln1), &*ka.ln2, &*ka.gelu, ka.probs, true),
         None => {
+            k.layernorm_forward(
+                s_ln,
+                la.ln2_mean,
+                la.ln2_rstd,
+                la.res_mid,
+                lp.ln2_w,
+                lp.ln2_b,
+                eps,
+            );
             k.gelu_forward_grad(s_a, la.fch);
-            (&*s_a, probs, false)
+            (None, &*s_ln, &*s_a, probs, false)
         }
     };
     // The gradient of the pre-activation: (dres · mproj_wᵀ) ∘ gelu', the
@@ -420,7 +421,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
         lg.fc_w,
         lg.fc_b,
         dfch,
-        s_ln,
+        ln2,
         lp.fc_w,
         bt,
         c,
@@ -448,15 +449,21 @@ fn block_backward<R: Real, K: Kernels<R>>(
     attention_backward(
         k, dqkv, probs, dpre, datty, la.qkv, sz.b, sz.t, c, cfg.n_head, probs_kept,
     );
-    k.layernorm_forward(
-        s_ln,
-        la.ln1_mean,
-        la.ln1_rstd,
-        x_in,
-        lp.ln1_w,
-        lp.ln1_b,
-        eps,
-    );
+    let ln1 = match ln1 {
+        Some(ln1) => ln1,
+        None => {
+            k.layernorm_forward(
+                s_ln,
+                la.ln1_mean,
+                la.ln1_rstd,
+                x_in,
+                lp.ln1_w,
+                lp.ln1_b,
+                eps,
+            );
+            &*s_ln
+        }
+    };
     let dln1 = &mut s_a[..bt * c];
     matmul_backward(
         k,
@@ -464,7 +471,7 @@ fn block_backward<R: Real, K: Kernels<R>>(
         lg.attn_w,
         lg.attn_b,
         dqkv,
-        s_ln,
+        ln1,
         lp.attn_w,
         bt,
         c,

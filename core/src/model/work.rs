@@ -23,6 +23,7 @@
 //! flag                            1        1 after a forward with targets
 //!                                          (2 when it also kept the region below)
 //! optional, only in a workspace of at least `kept_total` (block l, ×L):
+//!   ln1, ln2                      C·BT each  LayerNorm outputs
 //!   gelu                          4C·BT    GELU output (fch then holds gelu')
 //!   att_probs                     B·H·T²   attention probabilities, per head
 //! ```
@@ -32,8 +33,8 @@
 //! more than the rest of a block at long contexts): peak memory is what
 //! limits batch size on small machines. A caller with memory to spare hands
 //! over a workspace that also holds the optional region, and backward then
-//! reads the GELU output, its derivative and the probabilities instead of
-//! computing them again. Both ways give the same bits: the kept values are
+//! reads the LayerNorm outputs, the GELU output, its derivative and the
+//! probabilities instead of computing them again. Both ways give the same bits: the kept values are
 //! produced by the same kernels from the same inputs.
 
 use super::config::GptConfig;
@@ -53,8 +54,9 @@ pub(crate) struct ActSizes {
     pub kept_total: usize,
     layer: [usize; 9],
     top: [usize; 13],
-    /// One block's kept GELU output and attention probabilities.
-    kept: [usize; 2],
+    /// One block's kept LayerNorm outputs, GELU output and attention
+    /// probabilities.
+    kept: [usize; 4],
 }
 
 impl ActSizes {
@@ -94,11 +96,14 @@ impl ActSizes {
         ];
         let total = top.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
         let kept = [
+            cbt,
+            cbt,
             cbt.checked_mul(4)?,
             tt.checked_mul(b)?.checked_mul(cfg.n_head)?,
         ];
-        let kept_total = kept[0]
-            .checked_add(kept[1])?
+        let kept_total = kept
+            .iter()
+            .try_fold(0usize, |a, &x| a.checked_add(x))?
             .checked_mul(cfg.n_layer)?
             .checked_add(total)?;
         Some(Self {
@@ -155,8 +160,11 @@ pub(crate) struct Work<'a, R> {
     pub kept: Option<&'a mut [R]>,
 }
 
-/// One block's kept GELU output and attention probabilities.
+/// One block's kept LayerNorm outputs, GELU output and attention
+/// probabilities.
 pub(crate) struct KeptActs<'a, R> {
+    pub ln1: &'a mut [R],
+    pub ln2: &'a mut [R],
     pub gelu: &'a mut [R],
     pub probs: &'a mut [R],
 }
@@ -190,9 +198,14 @@ impl<'a, R> Work<'a, R> {
 
 /// Block `l`'s part of the kept region.
 pub(crate) fn kept_block<'w, R>(sizes: &ActSizes, kept: &'w mut [R], l: usize) -> KeptActs<'w, R> {
-    let len = sizes.kept[0] + sizes.kept[1];
-    let [gelu, probs] = split_mut(&mut kept[l * len..(l + 1) * len], sizes.kept);
-    KeptActs { gelu, probs }
+    let len: usize = sizes.kept.iter().sum();
+    let [ln1, ln2, gelu, probs] = split_mut(&mut kept[l * len..(l + 1) * len], sizes.kept);
+    KeptActs {
+        ln1,
+        ln2,
+        gelu,
+        probs,
+    }
 }
 
 /// Block `l`'s input (the embeddings or the previous block's output) and its

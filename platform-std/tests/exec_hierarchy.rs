@@ -477,3 +477,41 @@ fn f32_round_units_go_to_the_free_worker_with_the_same_bits() {
     assert!(stats.stolen_units >= 1, "{stats:?}");
     assert!(bits(h.gradients()) == bits(&sequential(&F32Acc, shape, 4, 7)));
 }
+
+/// Workers keep activations for backward (the longer workspace) when that
+/// adds at most 16 MiB each, as for the small benchmark model, and
+/// recompute them when it would add more, as for the medium one; either
+/// way the gradients are the sequential driver's (the other tests here run
+/// the kept layout against a recomputing reference).
+#[test]
+fn workers_keep_activations_only_within_the_memory_budget() {
+    use cllm_std::exec::work_len;
+    let run = |model: &GptConfig, micro_batch: usize, seq_len: usize| {
+        let c = ExecConfig {
+            micro_batch,
+            seq_len,
+            ..cfg(1, 12, 2, 12)
+        };
+        work_len(model, &c)
+    };
+    if std::env::var_os("CLLM_RECOMPUTE").is_some() {
+        return;
+    }
+    let small = GptConfig {
+        vocab_size: 256,
+        n_positions: 64,
+        n_embd: 128,
+        n_layer: 4,
+        n_head: 4,
+    };
+    let medium = GptConfig {
+        vocab_size: 256,
+        n_positions: 256,
+        n_embd: 384,
+        n_layer: 6,
+        n_head: 6,
+    };
+    assert_eq!(run(&small, 12, 64), small.activation_len_kept(12, 64));
+    assert_eq!(run(&medium, 2, 256), medium.activation_len(2, 256));
+    assert_eq!(run(&MODEL, MB, SEQ), MODEL.activation_len_kept(MB, SEQ));
+}

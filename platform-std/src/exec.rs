@@ -355,9 +355,9 @@ fn fold_width(cfg: &ExecConfig, params: usize) -> usize {
 const KEPT_ACTS_BYTES: usize = 16 << 20;
 
 /// Elements of each worker's activation workspace for `cfg`: the kept
-/// layout ([`GptConfig::activation_len_kept`]: backward reads the GELU
-/// output, its derivative and the attention probabilities instead of
-/// computing them again) when that adds at most 16 MiB per worker, else the
+/// layout ([`GptConfig::activation_len_kept`]: backward reads the LayerNorm
+/// outputs, the GELU output, its derivative and the attention probabilities
+/// instead of computing them again) when that adds at most 16 MiB per worker, else the
 /// recomputing one. The bits are the same either way; only the time and
 /// memory differ. `CLLM_RECOMPUTE=1` (a benchmark knob) always recomputes.
 pub fn work_len(model: &GptConfig, cfg: &ExecConfig) -> usize {

@@ -134,8 +134,8 @@ fn flag_kept<R: Real>() -> R {
 }
 
 /// One pre-LN block: `x += attn(ln_1(x)); x += mlp(ln_2(x))`. With `kept`,
-/// the GELU output and attention probabilities go there and `la.fch` ends
-/// up holding the GELU derivative.
+/// both LayerNorm outputs, the GELU output and the attention probabilities
+/// go there, and `la.fch` ends up holding the GELU derivative.
 #[allow(clippy::too_many_arguments)]
 fn block_forward<R: Real, K: Kernels<R>>(
     k: &K,

@@ -346,6 +346,39 @@ pub trait Kernels<R: Real>: Sync {
         self.softmax_row(row);
     }
 
+    /// Causal softmax of one head's `t×t` scores `p` (row-major), in place:
+    /// row `i` becomes [`Kernels::scaled_softmax_row`] of its first `i + 1`
+    /// entries followed by exact zeros. An override must give those bits; it
+    /// saves a call per row.
+    ///
+    /// # Panics
+    /// If `p` is shorter than `t·t`.
+    fn causal_softmax(&self, p: &mut [R], t: usize, scale: R) {
+        for (i, row) in p[..t * t].chunks_exact_mut(t.max(1)).enumerate() {
+            let (live, masked) = row.split_at_mut(i + 1);
+            self.scaled_softmax_row(live, scale);
+            masked.fill(R::ZERO);
+        }
+    }
+
+    /// Backward of [`Kernels::causal_softmax`]: row `i` of the `t×t`
+    /// gradient `d` becomes [`Kernels::softmax_backward_row`] of its first
+    /// `i + 1` entries (with row `i` of the probabilities `p`) followed by
+    /// exact zeros. An override must give those bits.
+    ///
+    /// # Panics
+    /// If `d` or `p` is shorter than `t·t`.
+    fn causal_softmax_backward(&self, d: &mut [R], p: &[R], t: usize, scale: R) {
+        let rows = d[..t * t]
+            .chunks_exact_mut(t.max(1))
+            .zip(p[..t * t].chunks_exact(t.max(1)));
+        for (i, (drow, prow)) in rows.enumerate() {
+            let (live, masked) = drow.split_at_mut(i + 1);
+            self.softmax_backward_row(live, &prow[..i + 1], scale);
+            masked.fill(R::ZERO);
+        }
+    }
+
     /// In-place numerically stable softmax of one row (max subtracted first).
     /// An empty row is left alone.
     fn softmax_row(&self, row: &mut [R]) {

@@ -850,3 +850,55 @@ fn scaled_softmax_row_equals_scaling_then_softmax() {
         }
     }
 }
+
+/// The whole-head causal softmax and its backward give, row by row, the
+/// bits of the single-row kernels on each causal prefix and exact zeros
+/// after it, with every kernel (the KV-cache path calls the single-row
+/// kernel and must match the full forward pass bit for bit).
+#[test]
+fn causal_softmax_equals_the_row_kernels() {
+    use cllm_core::kernels::Kernels;
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    for kern in kernels() {
+        for t in [1, 2, 7, 17, 33, 64] {
+            let scale = 0.176_776_7f32;
+            let s0: Vec<f32> = fill(t * t, 120 + t as u64)
+                .iter()
+                .map(|v| v * 9.0)
+                .collect();
+            let mut want = s0.clone();
+            for i in 0..t {
+                let row = &mut want[i * t..(i + 1) * t];
+                kern.scaled_softmax_row(&mut row[..=i], scale);
+                row[i + 1..].fill(0.0);
+            }
+            let mut p = with_tail(&s0);
+            Kernels::causal_softmax(&kern, &mut p[..t * t], t, scale);
+            tail_intact(&p, t * t, "causal_softmax");
+            assert!(
+                same(&p[..t * t], &want),
+                "{} causal_softmax t={t}",
+                kern.describe()
+            );
+
+            let d0: Vec<f32> = fill(t * t, 130 + t as u64)
+                .iter()
+                .map(|v| v * 2.0)
+                .collect();
+            let mut want_d = d0.clone();
+            for i in 0..t {
+                let row = &mut want_d[i * t..(i + 1) * t];
+                kern.softmax_backward_row(&mut row[..=i], &want[i * t..i * t + i + 1], scale);
+                row[i + 1..].fill(0.0);
+            }
+            let mut d = with_tail(&d0);
+            Kernels::causal_softmax_backward(&kern, &mut d[..t * t], &want, t, scale);
+            tail_intact(&d, t * t, "causal_softmax_backward");
+            assert!(
+                same(&d[..t * t], &want_d),
+                "{} causal_softmax_backward t={t}",
+                kern.describe()
+            );
+        }
+    }
+}

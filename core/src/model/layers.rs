@@ -203,10 +203,7 @@ fn head_probs<R: Real, K: Kernels<R>>(
             false,
         );
     }
-    let scale = attn_scale::<R>(hd);
-    for ti in 0..t {
-        causal_softmax_row(k, &mut p[ti * t..(ti + 1) * t], ti, scale);
-    }
+    k.causal_softmax(&mut p[..t * t], t, attn_scale::<R>(hd));
 }
 
 /// `(start, end)` of each block of [`ATT_ROW_BLOCK`] rows of a `t`-row matrix.
@@ -269,12 +266,7 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
             }
             // Softmax backward, then the score scale: dS = P ∘ (dP − ⟨P, dP⟩)·scale,
             // exact zeros above the diagonal (the products below read them).
-            for ti in 0..t {
-                let pr = &p[ti * t..ti * t + ti + 1];
-                let (dr, masked) = dpre[ti * t..(ti + 1) * t].split_at_mut(ti + 1);
-                k.softmax_backward_row(dr, pr, scale);
-                masked.fill(R::ZERO);
-            }
+            k.causal_softmax_backward(dpre, p, t, scale);
             // dq_t = Σ_{s≤t} dS[t,s]·k_s.
             for (i0, i1) in row_blocks(t) {
                 k.gemm(

@@ -131,6 +131,25 @@ pub(super) fn scaled_softmax_row(isa: Isa, row: &mut [f32], scale: f32) {
     dispatch!(isa, scaled_softmax_row(row, scale))
 }
 
+pub(super) fn causal_softmax(isa: Isa, p: &mut [f32], t: usize, scale: f32) {
+    assert!(
+        p.len() >= t * t,
+        "causal_softmax: {} floats for {t}×{t}",
+        p.len()
+    );
+    dispatch!(isa, causal_softmax(p, t, scale))
+}
+
+pub(super) fn causal_softmax_backward(isa: Isa, d: &mut [f32], p: &[f32], t: usize, scale: f32) {
+    assert!(
+        d.len() >= t * t && p.len() >= t * t,
+        "causal_softmax_backward: {} and {} floats for {t}×{t}",
+        d.len(),
+        p.len()
+    );
+    dispatch!(isa, causal_softmax_backward(d, p, t, scale))
+}
+
 pub(super) fn add(isa: Isa, out: &mut [f32], a: &[f32], b: &[f32]) {
     assert!(
         out.len() == a.len() && a.len() == b.len(),

@@ -297,6 +297,20 @@ impl SimdKernels {
         );
     }
 
+    /// Causal softmax of a `t×t` head in place: row `i` is
+    /// [`Self::scaled_softmax_row`] of its first `i + 1` entries, then zeros
+    /// (those bits, without a call per row).
+    pub fn causal_softmax(&self, p: &mut [f32], t: usize, scale: f32) {
+        elementwise::causal_softmax(self.isa, p, t, scale);
+    }
+
+    /// Backward of [`Self::causal_softmax`]: row `i` of `d` is
+    /// [`Self::softmax_backward_row`] of its first `i + 1` entries, then
+    /// zeros.
+    pub fn causal_softmax_backward(&self, d: &mut [f32], p: &[f32], t: usize, scale: f32) {
+        elementwise::causal_softmax_backward(self.isa, d, p, t, scale);
+    }
+
     /// `out = a + b` (the same bits as the portable kernel).
     pub fn add(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
         elementwise::add(self.isa, out, a, b);

@@ -122,6 +122,14 @@ impl Kernels<f32> for SimdKernels {
         SimdKernels::scaled_softmax_row(self, row, scale)
     }
 
+    fn causal_softmax(&self, p: &mut [f32], t: usize, scale: f32) {
+        SimdKernels::causal_softmax(self, p, t, scale)
+    }
+
+    fn causal_softmax_backward(&self, d: &mut [f32], p: &[f32], t: usize, scale: f32) {
+        SimdKernels::causal_softmax_backward(self, d, p, t, scale)
+    }
+
     fn softmax_backward_row(&self, d: &mut [f32], p: &[f32], scale: f32) {
         SimdKernels::softmax_backward_row(self, d, p, scale)
     }

@@ -538,6 +538,39 @@ pub(crate) unsafe fn scaled_softmax_row<V: Vf32>(row: &mut [f32], scale: f32) {
     softmax_finish::<V>(o, o, n, mx.reduce_max());
 }
 
+/// [`scaled_softmax_row`] over the causal prefix of each row of a `t×t`
+/// head (row `i`: its first `i + 1` entries), exact zeros after it.
+///
+/// # Safety
+/// ISA supported; `p` holds `t·t` floats (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn causal_softmax<V: Vf32>(p: &mut [f32], t: usize, scale: f32) {
+    for i in 0..t {
+        let (live, masked) = p[i * t..(i + 1) * t].split_at_mut(i + 1);
+        scaled_softmax_row::<V>(live, scale);
+        masked.fill(0.0);
+    }
+}
+
+/// [`softmax_backward_row`] over the causal prefix of each row of a `t×t`
+/// head, exact zeros after it.
+///
+/// # Safety
+/// ISA supported; `d` and `p` hold `t·t` floats (checked by the caller).
+#[inline(always)]
+pub(crate) unsafe fn causal_softmax_backward<V: Vf32>(
+    d: &mut [f32],
+    p: &[f32],
+    t: usize,
+    scale: f32,
+) {
+    for i in 0..t {
+        let (live, masked) = d[i * t..(i + 1) * t].split_at_mut(i + 1);
+        softmax_backward_row::<V>(live, &p[i * t..i * t + i + 1], scale);
+        masked.fill(0.0);
+    }
+}
+
 /// The rest of a softmax once the row maximum `m` is known: `o[i] =
 /// exp(x[i] − m) / Σ`. `o` may be `x` (each element is read before it is
 /// written).

@@ -282,6 +282,14 @@ macro_rules! entry_points {
                 simd::scaled_softmax_row::<$v>(row, scale)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn causal_softmax(p: &mut [f32], t: usize, scale: f32) {
+                simd::causal_softmax::<$v>(p, t, scale)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn causal_softmax_backward(d: &mut [f32], p: &[f32], t: usize, scale: f32) {
+                simd::causal_softmax_backward::<$v>(d, p, t, scale)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn logsumexp(inp: &[f32]) -> f32 {
                 simd::logsumexp::<$v>(inp)
             }

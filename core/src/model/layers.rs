@@ -106,8 +106,9 @@ pub(crate) fn attn_scale<R: Real>(hd: usize) -> R {
 }
 
 /// Softmax over the causal prefix `row[..=t]` of scaled scores; the rest of
-/// the row gets probability exactly 0. Shared with the KV-cache path so both
-/// give the same bits.
+/// the row gets probability exactly 0. The KV-cache path's softmax: it is
+/// row `t` of what [`Kernels::causal_softmax`] gives the full forward pass
+/// (that method must give these bits), so both paths agree bit for bit.
 pub(crate) fn causal_softmax_row<R: Real, K: Kernels<R>>(k: &K, row: &mut [R], t: usize, scale: R) {
     let (live, masked) = row.split_at_mut(t + 1);
     k.scaled_softmax_row(live, scale);

@@ -189,6 +189,14 @@ pub fn sgemm_with(
     );
 }
 
+/// Whether the SIMD driver can produce a row-major C itself, adding a bias or
+/// applying an epilogue as it stores: a SIMD ISA, at least one product step,
+/// and rows that do not overlap. Otherwise the callers fall back to the
+/// plain GEMM and a separate pass, with the same bits.
+fn kernel_writes_row_major(isa: Isa, m: usize, k: usize, n: usize, rsc: usize) -> bool {
+    isa != Isa::Scalar && k > 0 && (m == 1 || rsc >= n)
+}
+
 /// `C[m×n] = bias + A·B` with `bias` (`n` floats) added to every row of a
 /// row-major C (`csc = 1`). Bit for bit the same as filling each row of C
 /// with `bias` and calling [`sgemm_with`] with `accumulate`, without the
@@ -221,7 +229,7 @@ pub fn sgemm_bias_with(
         return;
     }
     check_view("C", c.len(), m, n, rsc, 1);
-    if isa == Isa::Scalar || k == 0 || (m > 1 && rsc < n) {
+    if !kernel_writes_row_major(isa, m, k, n, rsc) {
         for i in 0..m {
             c[i * rsc..i * rsc + n].copy_from_slice(&bias[..n]);
         }
@@ -254,9 +262,9 @@ pub fn sgemm_bias_with(
 /// elementwise kernel afterwards, with the same bits (the same per-element
 /// operations on the same ISA).
 ///
-/// Only the product pays: fusing GELU (compute-bound, ~1 ns per element)
-/// measured no faster on the small model's c_fc and 5 % slower on the
-/// medium one's (`bench_gemm`, interleaved), so GELU stays a separate pass.
+/// Only the product pays: fusing GELU measured no faster on the small
+/// model's c_fc and 5 % slower on the medium one's (`bench_gemm`,
+/// interleaved), so GELU stays a separate pass.
 #[derive(Clone, Copy)]
 pub(super) enum Epilogue {
     None,
@@ -323,7 +331,7 @@ pub(super) fn sgemm_mul_with(
     }
     check_view("C", c.len(), m, n, rsc, 1);
     check_view("F", f.len(), m, n, rsc, 1);
-    if isa == Isa::Scalar || k == 0 || (m > 1 && rsc < n) {
+    if !kernel_writes_row_major(isa, m, k, n, rsc) {
         sgemm_with(isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false);
         for i in 0..m {
             let row = i * rsc..i * rsc + n;

@@ -10,7 +10,9 @@ threads, the ratio cllm/PyTorch and the 2-thread scaling.
     python3 bench/compare.py --config small --rounds 5 \
         --torch-python /tmp/torchvenv/bin/python
 
-Without `--torch-python` only cllm runs (scaling only). Not used by tests.
+`--kernels amx` runs cllm with its AMX bf16x3 GEMMs; `--torch-matmul-precision
+medium` lets PyTorch use bf16 matmuls too. Without `--torch-python` only cllm
+runs (scaling only). Not used by tests.
 """
 import argparse
 import re
@@ -28,6 +30,7 @@ def cllm(args):
            "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.micro_batch:
         cmd += ["--micro-batch", str(args.micro_batch)]
+    cmd += ["--kernels", args.kernels]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rows = {}
     for r in table_rows(out):
@@ -41,7 +44,8 @@ def cllm(args):
 
 def torch(args):
     cmd = [args.torch_python, "bench/pytorch_baseline.py", "--config", args.config,
-           "--threads", "2", "--steps", str(args.steps), "--warmup", str(args.warmup)]
+           "--threads", "2", "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--matmul-precision", args.torch_matmul_precision]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     m = TORCH.search(out)
     if not m:
@@ -58,6 +62,10 @@ def main():
     p.add_argument("--micro-batch", type=int, default=0)
     p.add_argument("--bench", default="target/release/examples/bench_train")
     p.add_argument("--torch-python", default="")
+    p.add_argument("--kernels", default="auto", help="bench_train --kernels (auto, amx, ...)")
+    p.add_argument("--torch-matmul-precision", default="highest",
+                   choices=["highest", "high", "medium"],
+                   help="torch.set_float32_matmul_precision for the PyTorch side")
     args = p.parse_args()
 
     c1, c2, t2, b1, b2 = [], [], [], [], []

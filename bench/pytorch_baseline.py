@@ -71,8 +71,12 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--data", default="../shared/data/tinyshakespeare/input.txt")
+    # "medium"/"high" let PyTorch run f32 matmuls in bf16 (on CPUs with
+    # AMX or AVX-512 BF16), the counterpart of cllm's `--kernels amx`.
+    ap.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     torch.manual_seed(0)
     layers, heads, c, t, b = CONFIGS[args.config]
     data = torch.tensor(list(open(args.data, "rb").read()), dtype=torch.long)
@@ -100,7 +104,8 @@ def main():
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = sum(p.numel() for p in model.parameters())
     print(
-        f"pytorch {torch.__version__} config={args.config} threads={args.threads} params={n} "
+        f"pytorch {torch.__version__} config={args.config} threads={args.threads} "
+        f"matmul_precision={args.matmul_precision} params={n} "
         f"tokens/s={args.steps * b * t / dt:.0f} ms/step={1000 * dt / args.steps:.1f} "
         f"peak_rss_mib={rss:.0f} loss={loss:.3f} ln(V)={math.log(256):.3f}"
     )

@@ -123,7 +123,7 @@ fn parse() -> Result<Args, String> {
                 }
             }
             "--help" | "-h" => {
-                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512 --data FILE --pin (worker i on core i) --rounds N (all rows N times, interleaved; each row reports its median)");
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512,amx --data FILE --pin (worker i on core i) --rounds N (all rows N times, interleaved; each row reports its median)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
@@ -325,6 +325,7 @@ fn real_main() -> Result<(), String> {
             "portable" => KernelChoice::Portable,
             "avx2" => KernelChoice::Avx2,
             "avx512" => KernelChoice::Avx512,
+            "amx" => KernelChoice::Amx,
             k => return Err(format!("unknown kernels {k}")),
         };
         let kernels = SimdKernels::new(choice).map_err(|e| e.to_string())?;

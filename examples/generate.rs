@@ -83,6 +83,9 @@ impl KernelTask for Run<'_> {
 }
 
 fn run(args: Args) -> Result<(), GenerateError> {
+    args.kernels
+        .check()
+        .map_err(|e| GenerateError::Other(e.to_string()))?;
     let model = trainer::load_gpt(&args.dir)?;
     let settings = SampleSettings {
         max_new_tokens: args.max_new_tokens,

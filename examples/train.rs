@@ -127,7 +127,8 @@ struct Args {
     /// Significand bits of the bigfloat accumulator
     #[arg(long, default_value_t = d::PRECISION)]
     precision: u32,
-    /// Math kernels: auto (fastest for this CPU) or portable (bit-identical everywhere)
+    /// Math kernels: auto (fastest full-f32 kernels for this CPU), portable (bit-identical
+    /// everywhere) or amx (GEMMs on AMX-BF16 tiles in three bf16 terms: faster, ~16-bit operands)
     #[arg(long, default_value = "auto", value_parser = choice!(KernelSelection))]
     kernels: KernelSelection,
 

@@ -122,7 +122,7 @@ fn candidates() -> Vec<(String, GemmFn)> {
             }
         }),
     )];
-    for choice in [KernelChoice::Avx2, KernelChoice::Avx512] {
+    for choice in [KernelChoice::Avx2, KernelChoice::Avx512, KernelChoice::Amx] {
         if let Ok(kern) = SimdKernels::new(choice) {
             v.push((
                 format!("cllm {}", kern.describe()),

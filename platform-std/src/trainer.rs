@@ -211,7 +211,8 @@ pub trait KernelTask {
     ) -> Self::Output;
 }
 
-/// The one place where `--kernels` becomes a type.
+/// The one place where `--kernels` becomes a type. Call
+/// [`KernelSelection::check`] first (`RunConfig::validate` does).
 pub fn dispatch_kernels<T: KernelTask>(sel: KernelSelection, task: T) -> T::Output {
     match sel {
         KernelSelection::Auto => {
@@ -220,6 +221,11 @@ pub fn dispatch_kernels<T: KernelTask>(sel: KernelSelection, task: T) -> T::Outp
         }
         // The core's plain-Rust kernels: the same bits on every platform.
         KernelSelection::Portable => task.run(Portable, "portable".to_string()),
+        KernelSelection::Amx => {
+            let k = crate::kernels::SimdKernels::new(crate::kernels::KernelChoice::Amx)
+                .expect("--kernels amx is checked by KernelSelection::check first");
+            task.run(k, k.describe())
+        }
     }
 }
 

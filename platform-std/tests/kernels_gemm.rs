@@ -5,11 +5,13 @@
 //! (k ≤ 4096), where `C0` is C's value before an accumulating call. The bound
 //! is the f32 rounding of a length-k FMA chain (≈ k·2⁻²⁴ worst case, far
 //! less in practice) with room to spare; a wrong index or a dropped step
-//! misses it by orders of magnitude. Elements of C's buffer outside the view
+//! misses it by orders of magnitude. The AMX path (bf16x3 tiles) gets 4e-5:
+//! its splitting errors are ≤ 3·2⁻¹⁸ ≈ 1.1e-5 of each |a·b|; plain bf16
+//! products (2⁻⁹), or dropping one of the three terms, miss it by 50×. Elements of C's buffer outside the view
 //! must come back untouched (tail masks), and equal inputs must give equal
 //! bits.
 
-use cllm_std::kernels::{sgemm, Isa, KernelChoice, SimdKernels};
+use cllm_std::kernels::{sgemm, Isa, KernelChoice, SimdKernels, AMX_MIN_DIM};
 
 fn kernels() -> Vec<SimdKernels> {
     let mut v = Vec::new();
@@ -17,6 +19,7 @@ fn kernels() -> Vec<SimdKernels> {
         KernelChoice::Portable,
         KernelChoice::Avx2,
         KernelChoice::Avx512,
+        KernelChoice::Amx,
     ] {
         match SimdKernels::new(choice) {
             Ok(k) => v.push(k),
@@ -149,8 +152,9 @@ fn check(kern: &SimdKernels, cs: &Case, seed: u64) -> Vec<f32> {
                 mag += (before[idx] as f64).abs();
             }
             let err = (c[idx] as f64 - exact).abs();
+            let tol = if kern.isa() == Isa::Amx { 4e-5 } else { 1e-5 };
             assert!(
-                err <= 1e-5 * mag + 1e-30,
+                err <= tol * mag + 1e-30,
                 "{} {m}×{k}×{n} {:?} acc={} at ({i},{j}): got {} want {exact} (err {err:e}, Σ|ab| {mag:e})",
                 kern.describe(),
                 cs.layout,
@@ -333,12 +337,17 @@ fn deterministic_bits() {
 /// An element's bits depend only on its row of A and column of B: computing
 /// one row (or one column) alone gives the same bits as inside the full
 /// product, so splitting tokens across work units cannot change results.
+/// (With AMX that holds among products large enough for the tiles: see
+/// `amx_elements_independent_of_m_and_n`.)
 #[test]
 fn elements_independent_of_m_and_n() {
     let (m, k, n) = (37, 300, 45);
     let a = fill(m * k, 1);
     let b = fill(k * n, 2);
     for kern in kernels() {
+        if kern.isa() == Isa::Amx {
+            continue;
+        }
         let mut full = vec![0.0; m * n];
         kern.gemm(m, k, n, &a, k, 1, &b, n, 1, &mut full, n, 1, false);
         for i in [0, 8, 36] {
@@ -351,6 +360,102 @@ fn elements_independent_of_m_and_n() {
             kern.gemm(m, k, 1, &a, k, 1, &b[j..], n, 1, &mut col, 1, 1, false);
             let want: Vec<f32> = (0..m).map(|i| full[i * n + j]).collect();
             assert_eq!(col, want, "{} column {j}", kern.describe());
+        }
+    }
+}
+
+/// On AMX, any block of at least `AMX_MIN_DIM` rows and columns, wherever it
+/// starts, gives the bits it has inside the full product; smaller products
+/// run on AVX-512 and give that path's bits.
+#[test]
+fn amx_elements_independent_of_m_and_n() {
+    let Ok(kern) = SimdKernels::new(KernelChoice::Amx) else {
+        eprintln!("skipping: no AMX");
+        return;
+    };
+    let avx512 = SimdKernels::new(KernelChoice::Avx512).unwrap();
+    let d = AMX_MIN_DIM;
+    let (m, k, n) = (2 * d + 13, 300, 2 * d + 6);
+    let a = fill(m * k, 1);
+    let b = fill(k * n, 2);
+    let mut full = vec![0.0; m * n];
+    kern.gemm(m, k, n, &a, k, 1, &b, n, 1, &mut full, n, 1, false);
+    for (i0, rows) in [(0, d), (5, d), (d + 8, d + 5), (13, d + 18)] {
+        for (j0, cols) in [(0, d), (3, d + 1), (d + 6, d), (0, n)] {
+            let mut part = vec![0.0; rows * cols];
+            kern.gemm(
+                rows,
+                k,
+                cols,
+                &a[i0 * k..],
+                k,
+                1,
+                &b[j0..],
+                n,
+                1,
+                &mut part,
+                cols,
+                1,
+                false,
+            );
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        part[i * cols + j].to_bits(),
+                        full[(i0 + i) * n + j0 + j].to_bits(),
+                        "rows {i0}+{rows} cols {j0}+{cols} at ({i},{j})"
+                    );
+                }
+            }
+        }
+    }
+    let (mut one, mut want) = (vec![0.0; n], vec![0.0; n]);
+    kern.gemm(1, k, n, &a, k, 1, &b, n, 1, &mut one, n, 1, false);
+    avx512.gemm(1, k, n, &a, k, 1, &b, n, 1, &mut want, n, 1, false);
+    assert_eq!(one, want, "a single row runs on AVX-512");
+}
+
+/// The tile path across its edges: rows and columns around the 32×32 block
+/// and 16-wide tiles, steps around the 32-step tile and the 512-step block,
+/// columns past the 512-column block, every layout, both C modes; and the
+/// sizes just below `AMX_MIN_DIM` that go to AVX-512.
+#[test]
+fn amx_tails_and_blocks() {
+    let Ok(kern) = SimdKernels::new(KernelChoice::Amx) else {
+        eprintln!("skipping: no AMX");
+        return;
+    };
+    let d = AMX_MIN_DIM;
+    for &m in &[d - 1, d, d + 1, d + 15, d + 32, 2 * d + 2] {
+        for &n in &[d - 1, d, d + 1, d + 16, d + 33] {
+            for &k in &[d - 1, d, d + 1, d + 31, 512, 513] {
+                for (l, &layout) in LAYOUTS.iter().enumerate() {
+                    let accumulate = (m + n + k + l) % 2 == 0;
+                    let cs = Case {
+                        m,
+                        k,
+                        n,
+                        layout,
+                        accumulate,
+                    };
+                    check(&kern, &cs, (m * 7 + n * 3 + k) as u64);
+                }
+            }
+        }
+    }
+    for &(m, k, n) in &[(d + 8, 100, 513), (d + 1, 300, 1100), (d + 3, 1030, d + 5)] {
+        for &layout in &[Layout::NN, Layout::NT, Layout::TN] {
+            check(
+                &kern,
+                &Case {
+                    m,
+                    k,
+                    n,
+                    layout,
+                    accumulate: false,
+                },
+                9,
+            );
         }
     }
 }

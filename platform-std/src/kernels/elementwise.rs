@@ -20,7 +20,7 @@ macro_rules! dispatch {
                 unsafe { super::x86::avx2::$f($($arg),*) }
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
+            Isa::Avx512 | Isa::Amx => {
                 assert!($isa.supported());
                 // SAFETY: AVX-512F asserted above; shapes checked by the caller.
                 unsafe { super::x86::avx512::$f($($arg),*) }

@@ -409,6 +409,15 @@ unsafe fn run_isa(isa: Isa, args: &Args) {
         Isa::Avx2Fma => super::x86::gemm::sgemm_avx2(args),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => super::x86::gemm::sgemm_avx512(args),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => {
+            let min = super::AMX_MIN_DIM;
+            if args.m < min || args.n < min || args.k < min {
+                super::x86::gemm::sgemm_avx512(args)
+            } else {
+                super::x86::amx::sgemm_amx(args)
+            }
+        }
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("x86 ISA reported as supported elsewhere"),
     }

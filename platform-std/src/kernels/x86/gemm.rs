@@ -368,7 +368,7 @@ unsafe fn store_row(c: *mut f32, csc: usize, vals: &[f32], load_c: bool) {
 /// As for `apply_epilogue`; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline(never)]
-unsafe fn epilogue_avx512(
+pub(super) unsafe fn epilogue_avx512(
     e: Epilogue,
     c: *mut f32,
     off: usize,

@@ -2,6 +2,7 @@
 //! (`__m512`), the `#[target_feature]` entry points that instantiate the
 //! generic kernels for each, and the GEMM micro-kernels.
 
+pub(in crate::kernels) mod amx;
 pub(in crate::kernels) mod gemm;
 
 use super::simd::Vf32;

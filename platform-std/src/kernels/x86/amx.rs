@@ -289,37 +289,6 @@ unsafe fn pack_a(kt_n: usize, mr: usize, kc: usize, a: *const f32, rsa: usize, c
                 }
             }
         }
-    } else if rsa == 1 {
-        // Columns run along memory: one load is one step of 16 rows. Two
-        // steps make a vector of 16 VNNI-style pairs (one per row); 16 such
-        // vectors transposed are the tile's rows.
-        for half in 0..2 {
-            let i0 = half * 16;
-            let m = lanes(mr.saturating_sub(i0));
-            for kt in 0..kt_n {
-                let o = (2 * kt + half) * TILE;
-                let mut hi = [_mm512_setzero_si512(); 16];
-                let mut lo = [_mm512_setzero_si512(); 16];
-                for p in 0..16 {
-                    let k = kt * 32 + 2 * p;
-                    let load = |k: usize| {
-                        if k < kc && i0 < mr {
-                            _mm512_maskz_loadu_ps(m, a.add(i0 + k * csa))
-                        } else {
-                            _mm512_setzero_ps()
-                        }
-                    };
-                    let (h0, l0) = split(load(k));
-                    let (h1, l1) = split(load(k + 1));
-                    hi[p] = pairs(h0, h1);
-                    lo[p] = pairs(l0, l1);
-                }
-                transpose16(&mut hi);
-                transpose16(&mut lo);
-                store_tile(out.add(o), &hi);
-                store_tile(lo_out.add(o), &lo);
-            }
-        }
     } else {
         // General strides: gather 16 rows of one step at a time, then
         // scatter them into the tile rows.
@@ -427,6 +396,116 @@ unsafe fn pack_b(kt_n: usize, nc: usize, kc: usize, b: *const f32, rsb: usize, c
     }
 }
 
+/// Packs steps `0..kc` of all `m` rows of A, panel `p` (rows `32p..`) at
+/// `out + p·stride`, as [`pack_a`] lays out one panel.
+///
+/// A transposed A (`rsa == 1`, the weight gradients' `doutᵀ`) is packed
+/// one tile step (32 rows of memory) at a time across all panels, so memory
+/// is read row after row; panel by panel, each step would read 64 bytes
+/// from each of 32 rows far apart, which the prefetchers do not follow.
+///
+/// # Safety
+/// The view is in bounds; `out` holds the panels; AVX-512 BF16.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_a_block(
+    kt_n: usize,
+    m: usize,
+    kc: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    out: *mut u16,
+    stride: usize,
+) {
+    if rsa != 1 || csa == 1 {
+        for (p, ir) in (0..m).step_by(32).enumerate() {
+            pack_a(kt_n, (m - ir).min(32), kc, a.add(ir * rsa), rsa, csa, out.add(p * stride));
+        }
+        return;
+    }
+    // One load is one step of 16 rows; two steps make a vector of 16 pairs
+    // (one per row), and 16 such vectors transposed are a tile's rows.
+    let groups = m.div_ceil(32) * 2;
+    for kt in 0..kt_n {
+        for g16 in 0..groups {
+            let i0 = g16 * 16;
+            let mask = lanes(m.saturating_sub(i0));
+            let o = (g16 / 2) * stride + (2 * kt + g16 % 2) * TILE;
+            let mut hi = [_mm512_setzero_si512(); 16];
+            let mut lo = [_mm512_setzero_si512(); 16];
+            for p in 0..16 {
+                let k = kt * 32 + 2 * p;
+                let load = |k: usize| {
+                    if k < kc && i0 < m {
+                        _mm512_maskz_loadu_ps(mask, a.add(i0 + k * csa))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                let (h0, l0) = split(load(k));
+                let (h1, l1) = split(load(k + 1));
+                hi[p] = pairs(h0, h1);
+                lo[p] = pairs(l0, l1);
+            }
+            transpose16(&mut hi);
+            transpose16(&mut lo);
+            store_tile(out.add(o), &hi);
+            store_tile(out.add(o + 2 * kt_n * TILE), &lo);
+        }
+    }
+}
+
+/// Packs columns `0..nc` (in 32-column panels, panel `q` at
+/// `out + q·stride`) and steps `0..kc` of B, as [`pack_b`] lays out one
+/// panel. A row-major B is read row after row across all panels (see
+/// [`pack_a_block`]).
+///
+/// # Safety
+/// The view is in bounds; `out` holds the panels; AVX-512 BF16.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_b_block(
+    kt_n: usize,
+    nc: usize,
+    kc: usize,
+    b: *const f32,
+    rsb: usize,
+    csb: usize,
+    out: *mut u16,
+    stride: usize,
+) {
+    if csb != 1 {
+        for (q, jr) in (0..nc).step_by(32).enumerate() {
+            pack_b(kt_n, (nc - jr).min(32), kc, b.add(jr * csb), rsb, csb, out.add(q * stride));
+        }
+        return;
+    }
+    // Two rows of B make one VNNI row of a tile.
+    let groups = nc.div_ceil(32) * 2;
+    for kt in 0..kt_n {
+        for r in 0..16 {
+            let k = kt * 32 + 2 * r;
+            for g16 in 0..groups {
+                let j0 = g16 * 16;
+                let mask = lanes(nc.saturating_sub(j0));
+                let load = |k: usize| {
+                    if k < kc && j0 < nc {
+                        _mm512_maskz_loadu_ps(mask, b.add(k * rsb + j0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                let (h0, l0) = split(load(k));
+                let (h1, l1) = split(load(k + 1));
+                let o = (g16 / 2) * stride + (2 * kt + g16 % 2) * TILE + r * 32;
+                _mm512_storeu_si512(out.add(o).cast(), pairs(h0, h1));
+                _mm512_storeu_si512(out.add(o + 2 * kt_n * TILE).cast(), pairs(l0, l1));
+            }
+        }
+    }
+}
+
 /// # Safety
 /// `g` satisfies the `Args` invariants; the CPU has AVX-512F, AVX-512 BF16,
 /// AMX-TILE and AMX-BF16, and [`request_tile_state`] returned true.
@@ -459,16 +538,16 @@ pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
             let kt_n = kc.div_ceil(32);
             let first = pc == 0;
             let last = pc + kc == g.k;
-            for (q, jr) in (0..nc).step_by(32).enumerate() {
-                let b0 = g.b.add(pc * g.rsb + (jc + jr) * g.csb);
-                pack_b(kt_n, (nc - jr).min(32), kc, b0, g.rsb, g.csb, bpack.add(q * 4 * kt_n * TILE));
+            let b0 = g.b.add(pc * g.rsb + jc * g.csb);
+            pack_b_block(kt_n, nc, kc, b0, g.rsb, g.csb, bpack, 4 * kt_n * TILE);
+            let a_block = apack.add((pc / KCB) * a_panel);
+            if jc == 0 {
+                let a0 = g.a.add(pc * g.csa);
+                pack_a_block(kt_n, g.m, kc, a0, g.rsa, g.csa, a_block, k_blocks * a_panel);
             }
             for ir in (0..g.m).step_by(32) {
                 let mr = (g.m - ir).min(32);
-                let ap = apack.add(((ir / 32) * k_blocks + pc / KCB) * a_panel);
-                if jc == 0 {
-                    pack_a(kt_n, mr, kc, g.a.add(ir * g.rsa + pc * g.csa), g.rsa, g.csa, ap);
-                }
+                let ap = a_block.add((ir / 32) * k_blocks * a_panel);
                 for (q, jr) in (0..nc).step_by(32).enumerate() {
                     let nr = (nc - jr).min(32);
                     let c = g.c.add(ir * g.rsc + (jc + jr) * g.csc);

@@ -413,12 +413,20 @@ fn amx_elements_independent_of_m_and_n() {
     kern.gemm(1, k, n, &a, k, 1, &b, n, 1, &mut one, n, 1, false);
     avx512.gemm(1, k, n, &a, k, 1, &b, n, 1, &mut want, n, 1, false);
     assert_eq!(one, want, "a single row runs on AVX-512");
+    // Below the volume threshold too; above it the tiles give other bits.
+    for (mm, kk, nn, tiles) in [(d, d, d, false), (d, 4 * d, d, true)] {
+        assert_eq!(cllm_std::kernels::amx_pays(mm, kk, nn), tiles);
+        let (mut x, mut y) = (vec![0.0; mm * nn], vec![0.0; mm * nn]);
+        kern.gemm(mm, kk, nn, &a, k, 1, &b, n, 1, &mut x, nn, 1, false);
+        avx512.gemm(mm, kk, nn, &a, k, 1, &b, n, 1, &mut y, nn, 1, false);
+        assert_eq!(x == y, !tiles, "{mm}×{kk}×{nn}");
+    }
 }
 
 /// The tile path across its edges: rows and columns around the 32×32 block
 /// and 16-wide tiles, steps around the 32-step tile and the 512-step block,
 /// columns past the 512-column block, every layout, both C modes; and the
-/// sizes just below `AMX_MIN_DIM` that go to AVX-512.
+/// sizes just below `AMX_MIN_DIM` (or `AMX_MIN_VOLUME`) that go to AVX-512.
 #[test]
 fn amx_tails_and_blocks() {
     let Ok(kern) = SimdKernels::new(KernelChoice::Amx) else {

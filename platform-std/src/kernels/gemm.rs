@@ -411,8 +411,7 @@ unsafe fn run_isa(isa: Isa, args: &Args) {
         Isa::Avx512 => super::x86::gemm::sgemm_avx512(args),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => {
-            let min = super::AMX_MIN_DIM;
-            if args.m < min || args.n < min || args.k < min {
+            if !super::amx_pays(args.m, args.k, args.n) {
                 super::x86::gemm::sgemm_avx512(args)
             } else {
                 super::x86::amx::sgemm_amx(args)

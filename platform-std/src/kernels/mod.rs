@@ -1,5 +1,5 @@
-//! SIMD kernels for x86-64 (AVX2+FMA, AVX-512) with runtime CPU detection and
-//! a scalar fallback.
+//! SIMD kernels for x86-64 (AVX2+FMA, AVX-512, and opt-in AMX-BF16 GEMMs)
+//! with runtime CPU detection and a scalar fallback.
 //!
 //! [`SimdKernels`] picks an instruction set once, at construction, and every
 //! call dispatches on that choice, so one instance always runs the same code
@@ -12,6 +12,10 @@
 //! - GEMM: `|C - C_ref| ≤ 1e-5 · (Σ_p |A_ip||B_pj| + |C0_ij|)` for k ≤ 4096
 //!   (blocked FMA chains in a fixed order). Bits of `C[i,j]` depend only on
 //!   row i of A, column j of B, k and the old C — not on m, n or tiling.
+//! - GEMM on AMX ([`Isa::Amx`], bf16x3): `|C - C_ref| ≤ 4e-5 · (Σ_p
+//!   |A_ip||B_pj| + |C0_ij|)`; the same bits for the same inputs, and bits
+//!   of `C[i,j]` independent of m and n among products that run on tiles
+//!   ([`amx_pays`]).
 //! - `exp`: ≤ 1 ulp from `libm::expf` over a dense sweep of [-104, 89]
 //!   (Cody–Waite reduction, degree-7 polynomial); the tests allow 2.
 //! - GELU forward: ≤ 1.9 ulp of the exact value for x ≥ 0; for x < 0 the f32
@@ -24,6 +28,9 @@
 //! AVX-512 is chosen over AVX2 where the CPU has both: GEMM ≈ 1.5×, GELU and
 //! softmax ≈ 1.7–2×, layernorm ≈ 1.1×, AdamW equal (memory-bound), measured
 //! with `cargo run --release -p cllm-std --example bench_gemm`.
+//! `Auto` never picks AMX, which trades operand precision (about 16
+//! significant bits instead of 24) for GEMMs 2–3× faster than AVX-512 on the
+//! model's shapes (same benchmark); `KernelChoice::Amx` asks for it.
 
 mod elementwise;
 mod gemm;
@@ -63,17 +70,32 @@ pub enum Isa {
     Avx512,
     /// AVX-512 for everything but large GEMMs, which run on AMX-BF16 tiles
     /// with each f32 operand split into two bf16 terms and three tile
-    /// products per step ("bf16x3", accumulating in f32). Products with
-    /// fewer than [`AMX_MIN_DIM`] rows, columns or steps stay on AVX-512.
-    /// Opt-in: the GEMM error bound is 4e-5 instead of 1e-5 (module docs).
+    /// products per step ("bf16x3", accumulating in f32). Small products
+    /// ([`amx_pays`] false) stay on AVX-512, so a row computed alone (as
+    /// KV-cached generation does) can differ in its last bits from the same
+    /// row inside a large product. Opt-in: the GEMM error bound is 4e-5
+    /// instead of 1e-5 (module docs).
     Amx,
 }
 
-/// Smallest m, n and k for which [`Isa::Amx`] runs a product on tiles:
-/// below it packing and splitting cost more than the tiles save (the small
-/// model's per-head attention products, 64×32×64 and 64×64×32, ran at 81
-/// and 102 GFLOP/s on tiles against 135 and 150 on AVX-512).
-pub const AMX_MIN_DIM: usize = 64;
+/// Smallest m, n and k for which [`Isa::Amx`] runs a product on tiles
+/// (see [`amx_pays`]).
+pub const AMX_MIN_DIM: usize = 32;
+/// Smallest `m·k·n` for which [`Isa::Amx`] runs a product on tiles.
+pub const AMX_MIN_VOLUME: usize = 1 << 17;
+
+/// Whether [`Isa::Amx`] runs an `m×k×n` product on tiles rather than on
+/// AVX-512: every dimension at least [`AMX_MIN_DIM`] and the volume at
+/// least [`AMX_MIN_VOLUME`]. Below that, packing and splitting cost more than
+/// the tiles save: the small model's 32-row attention blocks (32×32×64 and
+/// the like) ran 6 % slower end to end on tiles, the medium model's
+/// (32×64×256 and the like) faster.
+pub fn amx_pays(m: usize, k: usize, n: usize) -> bool {
+    m >= AMX_MIN_DIM
+        && k >= AMX_MIN_DIM
+        && n >= AMX_MIN_DIM
+        && m.saturating_mul(k).saturating_mul(n) >= AMX_MIN_VOLUME
+}
 
 impl Isa {
     /// The best instruction set this CPU supports.

@@ -78,7 +78,13 @@ pub(in crate::kernels) fn request_tile_state() -> bool {
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: arch_prctl with these arguments only changes the
         // process's permission to use the AMX register state.
-        let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
         r == 0
     })
 }
@@ -113,7 +119,10 @@ macro_rules! tile_store {
 }
 macro_rules! tile_dot {
     ($c:literal, $a:literal, $b:literal) => {
-        asm!(concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b), options(nomem, nostack))
+        asm!(
+            concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),
+            options(nomem, nostack)
+        )
     };
 }
 
@@ -268,7 +277,15 @@ fn lanes(n: usize) -> __mmask16 {
 /// # Safety
 /// The view is in bounds; `out` holds `4·kt_n` tiles; AVX-512 BF16.
 #[inline(always)]
-unsafe fn pack_a(kt_n: usize, mr: usize, kc: usize, a: *const f32, rsa: usize, csa: usize, out: *mut u16) {
+unsafe fn pack_a(
+    kt_n: usize,
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    out: *mut u16,
+) {
     let lo_out = out.add(2 * kt_n * TILE);
     if csa == 1 {
         // Rows run along memory: 16 steps per load.
@@ -327,7 +344,15 @@ unsafe fn pack_a(kt_n: usize, mr: usize, kc: usize, a: *const f32, rsa: usize, c
 /// # Safety
 /// The view is in bounds; `out` holds `4·kt_n` tiles; AVX-512 BF16.
 #[inline(always)]
-unsafe fn pack_b(kt_n: usize, nc: usize, kc: usize, b: *const f32, rsb: usize, csb: usize, out: *mut u16) {
+unsafe fn pack_b(
+    kt_n: usize,
+    nc: usize,
+    kc: usize,
+    b: *const f32,
+    rsb: usize,
+    csb: usize,
+    out: *mut u16,
+) {
     let lo_out = out.add(2 * kt_n * TILE);
     if csb == 1 {
         // Rows of B run along memory: two rows make one VNNI row.
@@ -420,7 +445,15 @@ unsafe fn pack_a_block(
 ) {
     if rsa != 1 || csa == 1 {
         for (p, ir) in (0..m).step_by(32).enumerate() {
-            pack_a(kt_n, (m - ir).min(32), kc, a.add(ir * rsa), rsa, csa, out.add(p * stride));
+            pack_a(
+                kt_n,
+                (m - ir).min(32),
+                kc,
+                a.add(ir * rsa),
+                rsa,
+                csa,
+                out.add(p * stride),
+            );
         }
         return;
     }
@@ -477,7 +510,15 @@ unsafe fn pack_b_block(
 ) {
     if csb != 1 {
         for (q, jr) in (0..nc).step_by(32).enumerate() {
-            pack_b(kt_n, (nc - jr).min(32), kc, b.add(jr * csb), rsb, csb, out.add(q * stride));
+            pack_b(
+                kt_n,
+                (nc - jr).min(32),
+                kc,
+                b.add(jr * csb),
+                rsb,
+                csb,
+                out.add(q * stride),
+            );
         }
         return;
     }

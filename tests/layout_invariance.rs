@@ -95,6 +95,80 @@ fn exact_is_layout_invariant() {
     invariant_across_layouts("exact");
 }
 
+/// The same with the AMX kernels, on a model wide enough (64) and units long
+/// enough (64 tokens) for its products to run on tiles. Tile products' bits
+/// depend on the product's shape, and every layout gives a unit the same
+/// shapes.
+#[test]
+fn exact_is_layout_invariant_with_amx_kernels() {
+    if !cllm_std::kernels::Isa::Amx.supported() {
+        eprintln!("skipping: this machine cannot run --kernels amx");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, data) = data();
+    let mut first = None;
+    for (depth, branching, threads) in [(0u32, 12u32, 1usize), (1, 12, 2), (2, 3, 3)] {
+        let out = tmp
+            .path()
+            .join(format!("amx-d{depth}-b{branching}-t{threads}"));
+        let (d, b, t) = (
+            depth.to_string(),
+            branching.to_string(),
+            threads.to_string(),
+        );
+        let a = [
+            s(data),
+            "--out",
+            s(&out),
+            "--steps",
+            "6",
+            "--accumulator",
+            "exact",
+            "--kernels",
+            "amx",
+            "--embed-dim",
+            "64",
+            "--num-layers",
+            "1",
+            "--num-heads",
+            "2",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "4",
+            "--micro-batch",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-windows",
+            "4",
+            "--sample-tokens",
+            "0",
+            "--recursive-depth",
+            &d,
+            "--branching",
+            &b,
+            "--threads",
+            &t,
+        ];
+        let o = train(&a, &[]);
+        assert_ok(&o);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("amx-bf16x3"),
+            "the run reports the AMX kernels"
+        );
+        let h = checkpoint_hashes(&out, 6);
+        match first {
+            None => first = Some(h),
+            Some(f) => assert_eq!(
+                h, f,
+                "amx: layout ({depth}, {branching}, {threads}) gives different bits"
+            ),
+        }
+    }
+}
+
 #[test]
 fn fixed_is_layout_invariant() {
     invariant_across_layouts("fixed");

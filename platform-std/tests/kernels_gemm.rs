@@ -451,7 +451,13 @@ fn amx_tails_and_blocks() {
             }
         }
     }
-    for &(m, k, n) in &[(d + 8, 100, 513), (d + 1, 300, 1100), (d + 3, 1030, d + 5)] {
+    // Also past the 2048-row chunk of A.
+    for &(m, k, n) in &[
+        (d + 8, 100, 513),
+        (d + 1, 300, 1100),
+        (d + 3, 1030, d + 5),
+        (2085, 70, d + 3),
+    ] {
         for &layout in &[Layout::NN, Layout::NT, Layout::TN] {
             check(
                 &kern,
@@ -539,6 +545,7 @@ fn bias_epilogue_equals_fill_then_accumulate() {
             (65, 130, 48),
             (100, 300, 33),
             (9, 600, 520),
+            (2070, 64, 70),
         ] {
             for &(ta, tb) in &[(false, false), (false, true), (true, false)] {
                 let (rsa, csa, la) = view(m, k, ta, false);
@@ -583,6 +590,7 @@ fn product_epilogue_equals_gemm_then_product() {
             (17, 64, 530, 5),
             (70, 257, 96, 0),
             (33, 128, 512, 0),
+            (2070, 64, 70, 3),
         ] {
             let rsc = n + pad;
             for (transposed_a, transposed_b) in [(false, false), (true, false), (false, true)] {

@@ -36,6 +36,11 @@ const KCB: usize = 512;
 /// Columns per packed B block: 2 × KCB × NCB bf16 = 1 MiB, in L2 (1024
 /// and 1536 measured slower).
 const NCB: usize = 512;
+/// Rows of A packed at a time: bounds the packed copy of A (4 bytes per
+/// element) at `MC × k`, 12 MiB for k = 1536, however many rows a caller
+/// passes (an evaluation pass can pass thousands), while every product of
+/// the medium model's training step (at most 1,536 rows) packs A once.
+const MC: usize = 2048;
 /// bf16 per tile (16 rows of 64 bytes).
 const TILE: usize = 512;
 
@@ -547,6 +552,57 @@ unsafe fn pack_b_block(
     }
 }
 
+/// [`block`] for an `mr×nr` corner of C (or a C with strided columns),
+/// through the 32×32 buffer `tmp`.
+///
+/// # Safety
+/// As for [`block`], with C's `mr×nr` view at strides `rsc, csc` instead of
+/// 32 full rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn edge_block(
+    kt_n: usize,
+    a: *const u16,
+    b: *const u16,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    mr: usize,
+    nr: usize,
+    init: Init,
+    tmp: &mut [f32; 32 * 32],
+) {
+    let init = match init {
+        Init::Load => {
+            for i in 0..32 {
+                for j in 0..32 {
+                    tmp[i * 32 + j] = if i < mr && j < nr {
+                        *c.add(i * rsc + j * csc)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            Init::Load
+        }
+        Init::Bias(bias) => {
+            for i in 0..32 {
+                for j in 0..32 {
+                    tmp[i * 32 + j] = if j < nr { *bias.add(j) } else { 0.0 };
+                }
+            }
+            Init::Load
+        }
+        Init::Zero => Init::Zero,
+    };
+    block(kt_n, a, b, tmp.as_mut_ptr(), 128, init);
+    for i in 0..mr {
+        for j in 0..nr {
+            *c.add(i * rsc + j * csc) = tmp[i * 32 + j];
+        }
+    }
+}
+
 /// # Safety
 /// `g` satisfies the `Args` invariants; the CPU has AVX-512F, AVX-512 BF16,
 /// AMX-TILE and AMX-BF16, and [`request_tile_state`] returned true.
@@ -554,15 +610,15 @@ unsafe fn pack_b_block(
 pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
     let kt_max = g.k.min(KCB).div_ceil(32);
     let panels_max = g.n.min(NCB).div_ceil(32);
-    // All of A is packed once, on the first column block, and reused by
-    // the others.
+    // A chunk of up to MC rows of A is packed once, on the first column
+    // block, and reused by the others.
     let a_panel = 4 * kt_max * TILE;
     let k_blocks = g.k.div_ceil(KCB);
     let (apack, bpack) = BUFS.with(|bufs| {
         let mut bufs = bufs.borrow_mut();
         let Bufs { a, b } = &mut *bufs;
         (
-            grow(a, 4 * kt_max * k_blocks * g.m.div_ceil(32)),
+            grow(a, a_panel * k_blocks * g.m.min(MC).div_ceil(32)),
             grow(b, 4 * kt_max * panels_max),
         )
     });
@@ -572,70 +628,47 @@ pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
     // whose columns are not contiguous) it goes through this buffer.
     let mut tmp = [0f32; 32 * 32];
     let direct = g.csc == 1;
-    for jc in (0..g.n).step_by(NCB) {
-        let nc = (g.n - jc).min(NCB);
-        for pc in (0..g.k).step_by(KCB) {
-            let kc = (g.k - pc).min(KCB);
-            let kt_n = kc.div_ceil(32);
-            let first = pc == 0;
-            let last = pc + kc == g.k;
-            let b0 = g.b.add(pc * g.rsb + jc * g.csb);
-            pack_b_block(kt_n, nc, kc, b0, g.rsb, g.csb, bpack, 4 * kt_n * TILE);
-            let a_block = apack.add((pc / KCB) * a_panel);
-            if jc == 0 {
-                let a0 = g.a.add(pc * g.csa);
-                pack_a_block(kt_n, g.m, kc, a0, g.rsa, g.csa, a_block, k_blocks * a_panel);
-            }
-            for ir in (0..g.m).step_by(32) {
-                let mr = (g.m - ir).min(32);
-                let ap = a_block.add((ir / 32) * k_blocks * a_panel);
-                for (q, jr) in (0..nc).step_by(32).enumerate() {
-                    let nr = (nc - jr).min(32);
-                    let c = g.c.add(ir * g.rsc + (jc + jr) * g.csc);
-                    let init = if !first || g.accumulate {
-                        Init::Load
-                    } else if !g.bias.is_null() {
-                        Init::Bias(g.bias.add(jc + jr))
-                    } else {
-                        Init::Zero
-                    };
-                    let bp = bpack.add(q * 4 * kt_n * TILE);
-                    if direct && mr == 32 && nr == 32 {
-                        block(kt_n, ap, bp, c, 4 * g.rsc, init);
-                    } else {
-                        let init = match init {
-                            Init::Load => {
-                                for i in 0..32 {
-                                    for j in 0..32 {
-                                        tmp[i * 32 + j] = if i < mr && j < nr {
-                                            *c.add(i * g.rsc + j * g.csc)
-                                        } else {
-                                            0.0
-                                        };
-                                    }
-                                }
-                                Init::Load
-                            }
-                            Init::Bias(bias) => {
-                                for i in 0..32 {
-                                    for j in 0..32 {
-                                        tmp[i * 32 + j] = if j < nr { *bias.add(j) } else { 0.0 };
-                                    }
-                                }
-                                Init::Load
-                            }
-                            Init::Zero => Init::Zero,
+    for ic in (0..g.m).step_by(MC) {
+        let mc = (g.m - ic).min(MC);
+        for jc in (0..g.n).step_by(NCB) {
+            let nc = (g.n - jc).min(NCB);
+            for pc in (0..g.k).step_by(KCB) {
+                let kc = (g.k - pc).min(KCB);
+                let kt_n = kc.div_ceil(32);
+                let first = pc == 0;
+                let last = pc + kc == g.k;
+                let b0 = g.b.add(pc * g.rsb + jc * g.csb);
+                pack_b_block(kt_n, nc, kc, b0, g.rsb, g.csb, bpack, 4 * kt_n * TILE);
+                let a_block = apack.add((pc / KCB) * a_panel);
+                if jc == 0 {
+                    let a0 = g.a.add(ic * g.rsa + pc * g.csa);
+                    pack_a_block(kt_n, mc, kc, a0, g.rsa, g.csa, a_block, k_blocks * a_panel);
+                }
+                for ir in (0..mc).step_by(32) {
+                    let mr = (mc - ir).min(32);
+                    let ap = a_block.add((ir / 32) * k_blocks * a_panel);
+                    let row = ic + ir;
+                    for (q, jr) in (0..nc).step_by(32).enumerate() {
+                        let nr = (nc - jr).min(32);
+                        let c = g.c.add(row * g.rsc + (jc + jr) * g.csc);
+                        let init = if !first || g.accumulate {
+                            Init::Load
+                        } else if !g.bias.is_null() {
+                            Init::Bias(g.bias.add(jc + jr))
+                        } else {
+                            Init::Zero
                         };
-                        block(kt_n, ap, bp, tmp.as_mut_ptr(), 128, init);
-                        for i in 0..mr {
-                            for j in 0..nr {
-                                *c.add(i * g.rsc + j * g.csc) = tmp[i * 32 + j];
-                            }
+                        let bp = bpack.add(q * 4 * kt_n * TILE);
+                        if direct && mr == 32 && nr == 32 {
+                            block(kt_n, ap, bp, c, 4 * g.rsc, init);
+                        } else {
+                            edge_block(kt_n, ap, bp, c, g.rsc, g.csc, mr, nr, init, &mut tmp);
                         }
                     }
-                }
-                if last && !matches!(g.epilogue, Epilogue::None) {
-                    super::gemm::epilogue_avx512(g.epilogue, g.c, ir * g.rsc + jc, mr, nc, g.rsc);
+                    if last && !matches!(g.epilogue, Epilogue::None) {
+                        let off = row * g.rsc + jc;
+                        super::gemm::epilogue_avx512(g.epilogue, g.c, off, mr, nc, g.rsc);
+                    }
                 }
             }
         }

@@ -618,7 +618,7 @@ pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
         let mut bufs = bufs.borrow_mut();
         let Bufs { a, b } = &mut *bufs;
         (
-            grow(a, a_panel * k_blocks * g.m.min(MC).div_ceil(32)),
+            grow(a, 4 * kt_max * k_blocks * g.m.min(MC).div_ceil(32)),
             grow(b, 4 * kt_max * panels_max),
         )
     });
@@ -674,4 +674,34 @@ pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
         }
     }
     asm!("tilerelease", options(nomem, nostack));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Bufs, BUFS, KCB, MC};
+    use crate::kernels::{KernelChoice, SimdKernels};
+
+    /// The packing buffers hold what one call needs and no more: A's chunk
+    /// of at most `MC` rows and one B block (a size slip here once made
+    /// them 512× too large, gigabytes of zeroed memory).
+    #[test]
+    fn packing_buffers_are_sized_in_tiles() {
+        let Ok(kern) = SimdKernels::new(KernelChoice::Amx) else {
+            return;
+        };
+        let (m, k, n) = (MC + 100, KCB + 64, 96);
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; k * n];
+        let mut c = vec![0.0f32; m * n];
+        kern.gemm(m, k, n, &a, k, 1, &b, n, 1, &mut c, n, 1, false);
+        assert_eq!(c[0], 0.125 * k as f32);
+        let kt_max = KCB / 32;
+        let (a_tiles, b_tiles) = BUFS.with(|b| {
+            let b = b.borrow();
+            let Bufs { a, b } = &*b;
+            (a.len(), b.len())
+        });
+        assert_eq!(a_tiles, 4 * kt_max * 2 * (MC / 32));
+        assert_eq!(b_tiles, 4 * kt_max * 3);
+    }
 }

@@ -228,6 +228,15 @@ unsafe fn pairs(first: __m256i, second: __m256i) -> __m512i {
     )
 }
 
+/// Two consecutive steps (16 lanes each) as VNNI pairs of their hi terms
+/// and of their lo terms.
+#[inline(always)]
+unsafe fn split_pairs(first: __m512, second: __m512) -> (__m512i, __m512i) {
+    let (h0, l0) = split(first);
+    let (h1, l1) = split(second);
+    (pairs(h0, h1), pairs(l0, l1))
+}
+
 /// Transposes a 16×16 matrix of 32-bit lanes in registers (64 shuffles:
 /// 32-bit and 64-bit interleaves within 128-bit lanes, then two rounds of
 /// 128-bit lane shuffles).
@@ -342,9 +351,10 @@ unsafe fn pack_a(
     }
 }
 
-/// Packs columns `0..nc` (zero columns up to 32) and steps `0..kc` of B
-/// into VNNI hi tiles `[kt][half]` followed by lo tiles: tile row `r` holds
-/// steps `2r, 2r+1` of each of its 16 columns side by side.
+/// Packs columns `0..nc` (zero columns up to 32) and steps `0..kc` of a B
+/// whose columns are not contiguous into VNNI hi tiles `[kt][half]`
+/// followed by lo tiles: tile row `r` holds steps `2r, 2r+1` of each of its
+/// 16 columns side by side.
 ///
 /// # Safety
 /// The view is in bounds; `out` holds `4·kt_n` tiles; AVX-512 BF16.
@@ -359,69 +369,44 @@ unsafe fn pack_b(
     out: *mut u16,
 ) {
     let lo_out = out.add(2 * kt_n * TILE);
-    if csb == 1 {
-        // Rows of B run along memory: two rows make one VNNI row.
-        for half in 0..2 {
-            let j0 = half * 16;
-            let m = lanes(nc.saturating_sub(j0));
-            for kt in 0..kt_n {
-                let o = (2 * kt + half) * TILE;
-                for r in 0..16 {
-                    let k = kt * 32 + 2 * r;
-                    let load = |k: usize| {
-                        if k < kc && j0 < nc {
-                            _mm512_maskz_loadu_ps(m, b.add(k * rsb + j0))
+    // Columns (or nothing) run along memory: 32 steps of one column are 16
+    // VNNI pairs, one per tile row; 16 columns transposed are the tile's
+    // rows. (A row-major B is packed by `pack_b_block`.)
+    for half in 0..2 {
+        for kt in 0..kt_n {
+            let o = (2 * kt + half) * TILE;
+            let k0 = kt * 32;
+            let mut hi = [_mm512_setzero_si512(); 16];
+            let mut lo = [_mm512_setzero_si512(); 16];
+            for jj in 0..16 {
+                let j = half * 16 + jj;
+                let mut v = [_mm512_setzero_ps(); 2];
+                if j < nc && k0 < kc {
+                    for (q, vq) in v.iter_mut().enumerate() {
+                        let kq = k0 + q * 16;
+                        if kq >= kc {
+                            break;
+                        }
+                        *vq = if rsb == 1 {
+                            _mm512_maskz_loadu_ps(lanes(kc - kq), b.add(j * csb + kq))
                         } else {
-                            _mm512_setzero_ps()
-                        }
-                    };
-                    let (h0, l0) = split(load(k));
-                    let (h1, l1) = split(load(k + 1));
-                    _mm512_storeu_si512(out.add(o + r * 32).cast(), pairs(h0, h1));
-                    _mm512_storeu_si512(lo_out.add(o + r * 32).cast(), pairs(l0, l1));
-                }
-            }
-        }
-    } else {
-        // Columns (or nothing) run along memory: 32 steps of one column are
-        // 16 VNNI pairs, one per tile row; 16 columns transposed are the
-        // tile's rows.
-        for half in 0..2 {
-            for kt in 0..kt_n {
-                let o = (2 * kt + half) * TILE;
-                let k0 = kt * 32;
-                let mut hi = [_mm512_setzero_si512(); 16];
-                let mut lo = [_mm512_setzero_si512(); 16];
-                for jj in 0..16 {
-                    let j = half * 16 + jj;
-                    let mut v = [_mm512_setzero_ps(); 2];
-                    if j < nc && k0 < kc {
-                        for (q, vq) in v.iter_mut().enumerate() {
-                            let kq = k0 + q * 16;
-                            if kq >= kc {
-                                break;
+                            let mut col = [0f32; 16];
+                            for (p, x) in col.iter_mut().enumerate().take(kc - kq) {
+                                *x = *b.add((kq + p) * rsb + j * csb);
                             }
-                            *vq = if rsb == 1 {
-                                _mm512_maskz_loadu_ps(lanes(kc - kq), b.add(j * csb + kq))
-                            } else {
-                                let mut col = [0f32; 16];
-                                for (p, x) in col.iter_mut().enumerate().take(kc - kq) {
-                                    *x = *b.add((kq + p) * rsb + j * csb);
-                                }
-                                _mm512_loadu_ps(col.as_ptr())
-                            };
-                        }
+                            _mm512_loadu_ps(col.as_ptr())
+                        };
                     }
-                    let (h0, l0) = split(v[0]);
-                    let (h1, l1) = split(v[1]);
-                    hi[jj] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h0), h1);
-                    lo[jj] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l0), l1);
                 }
-                transpose16(&mut hi);
-                transpose16(&mut lo);
-                store_tile(out.add(o), &hi);
-                store_tile(lo_out.add(o), &lo);
+                let (h0, l0) = split(v[0]);
+                let (h1, l1) = split(v[1]);
+                hi[jj] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h0), h1);
+                lo[jj] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l0), l1);
             }
+            transpose16(&mut hi);
+            transpose16(&mut lo);
+            store_tile(out.add(o), &hi);
+            store_tile(lo_out.add(o), &lo);
         }
     }
 }
@@ -481,10 +466,7 @@ unsafe fn pack_a_block(
                         _mm512_setzero_ps()
                     }
                 };
-                let (h0, l0) = split(load(k));
-                let (h1, l1) = split(load(k + 1));
-                hi[p] = pairs(h0, h1);
-                lo[p] = pairs(l0, l1);
+                (hi[p], lo[p]) = split_pairs(load(k), load(k + 1));
             }
             transpose16(&mut hi);
             transpose16(&mut lo);
@@ -542,11 +524,10 @@ unsafe fn pack_b_block(
                         _mm512_setzero_ps()
                     }
                 };
-                let (h0, l0) = split(load(k));
-                let (h1, l1) = split(load(k + 1));
+                let (hi, lo) = split_pairs(load(k), load(k + 1));
                 let o = (g16 / 2) * stride + (2 * kt + g16 % 2) * TILE + r * 32;
-                _mm512_storeu_si512(out.add(o).cast(), pairs(h0, h1));
-                _mm512_storeu_si512(out.add(o + 2 * kt_n * TILE).cast(), pairs(l0, l1));
+                _mm512_storeu_si512(out.add(o).cast(), hi);
+                _mm512_storeu_si512(out.add(o + 2 * kt_n * TILE).cast(), lo);
             }
         }
     }

@@ -25,6 +25,7 @@
 //! and the old C, as with the f32 kernels.
 
 use super::super::gemm::{Args, Epilogue};
+use super::lanes16;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -275,16 +276,6 @@ unsafe fn store_tile(out: *mut u16, r: &[__m512i; 16]) {
     }
 }
 
-/// Mask of the first `n` of 16 lanes.
-#[inline(always)]
-fn lanes(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        (1u16 << n) - 1
-    }
-}
-
 /// Packs rows `0..mr` (zero rows up to 32) and steps `0..kc` (zero steps up
 /// to `32·kt_n`) of A into hi tiles `[kt][half]` followed by lo tiles.
 ///
@@ -310,7 +301,7 @@ unsafe fn pack_a(
                 for q in 0..2 {
                     let k0 = kt * 32 + q * 16;
                     let x = if i < mr && k0 < kc {
-                        _mm512_maskz_loadu_ps(lanes(kc - k0), a.add(i * rsa + k0))
+                        _mm512_maskz_loadu_ps(lanes16(kc - k0), a.add(i * rsa + k0))
                     } else {
                         _mm512_setzero_ps()
                     };
@@ -388,7 +379,7 @@ unsafe fn pack_b(
                             break;
                         }
                         *vq = if rsb == 1 {
-                            _mm512_maskz_loadu_ps(lanes(kc - kq), b.add(j * csb + kq))
+                            _mm512_maskz_loadu_ps(lanes16(kc - kq), b.add(j * csb + kq))
                         } else {
                             let mut col = [0f32; 16];
                             for (p, x) in col.iter_mut().enumerate().take(kc - kq) {
@@ -453,7 +444,7 @@ unsafe fn pack_a_block(
     for kt in 0..kt_n {
         for g16 in 0..groups {
             let i0 = g16 * 16;
-            let mask = lanes(m.saturating_sub(i0));
+            let mask = lanes16(m.saturating_sub(i0));
             let o = (g16 / 2) * stride + (2 * kt + g16 % 2) * TILE;
             let mut hi = [_mm512_setzero_si512(); 16];
             let mut lo = [_mm512_setzero_si512(); 16];
@@ -516,7 +507,7 @@ unsafe fn pack_b_block(
             let k = kt * 32 + 2 * r;
             for g16 in 0..groups {
                 let j0 = g16 * 16;
-                let mask = lanes(nc.saturating_sub(j0));
+                let mask = lanes16(nc.saturating_sub(j0));
                 let load = |k: usize| {
                     if k < kc && j0 < nc {
                         _mm512_maskz_loadu_ps(mask, b.add(k * rsb + j0))

@@ -7,7 +7,7 @@
 //! so they are FMA-bound rather than load-bound.
 
 use super::super::gemm::{apply_epilogue, drive, pack_panel_t_scalar, Args, Epilogue, MicroKernel};
-use super::{V256, V512};
+use super::{lanes16, V256, V512};
 use std::arch::x86_64::*;
 
 pub(in crate::kernels) struct Avx512Kernel;
@@ -50,14 +50,7 @@ impl MicroKernel for Avx512Kernel {
             (false, true) => product_512::<MR, 1, false>(kc, a, a_rs, a_cs, b, b_rs),
         };
         if csc == 1 {
-            let m0: __mmask16 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
-            let m1: __mmask16 = if nr >= 32 {
-                0xffff
-            } else if nr > 16 {
-                (1u16 << (nr - 16)) - 1
-            } else {
-                0
-            };
+            let (m0, m1) = (lanes16(nr), lanes16(nr.saturating_sub(16)));
             for (i, row) in acc.iter().enumerate().take(mr) {
                 let p = c.add(i * rsc);
                 let (mut v0, mut v1) = (row[0], row[1]);

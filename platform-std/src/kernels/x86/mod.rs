@@ -130,6 +130,16 @@ unsafe fn lanes8(n: usize) -> __m256i {
     _mm256_loadu_si256(MASK8.as_ptr().add(8 - n).cast())
 }
 
+/// Mask of the first `n` of 16 lanes (all of them from 16 on).
+#[inline(always)]
+pub(in crate::kernels) fn lanes16(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 #[derive(Clone, Copy)]
 pub(in crate::kernels) struct V512(__m512);
 

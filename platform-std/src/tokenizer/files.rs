@@ -1,0 +1,210 @@
+//! cllm's own tokenizer files (`tokenizer.json` with `"format":
+//! "cllm-tokenizer"`, and `vocab.txt` for word): writing, reading, validating.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::char::CharVocab;
+use super::word::WordVocab;
+use super::{
+    Tokenizer, TokenizerError, TokenizerKind, MAX_VOCAB, TOKENIZER_FILE, TOKENIZER_FORMAT,
+    TOKENIZER_VERSION, VOCAB_FILE, WORD_SPECIALS,
+};
+use crate::fsutil::{write_atomic, FsError};
+
+impl Tokenizer {
+    /// Writes the tokenizer's files into `dir` (each atomically).
+    pub fn save(&self, dir: &Path) -> Result<(), TokenizerError> {
+        let mut doc = json!({
+            "format": TOKENIZER_FORMAT,
+            "version": TOKENIZER_VERSION,
+            "kind": self.kind().name(),
+            "vocab_size": self.vocab_size(),
+        });
+        match self {
+            Tokenizer::Byte => {}
+            Tokenizer::Char(v) => {
+                let chars: Vec<String> = v.chars.iter().map(|c| c.to_string()).collect();
+                doc["chars"] = json!(chars);
+            }
+            Tokenizer::Word(v) => {
+                doc["vocab_file"] = json!(VOCAB_FILE);
+                doc["specials"] = json!(WORD_SPECIALS);
+                let mut text = String::new();
+                for w in &v.words {
+                    text.push_str(w);
+                    text.push('\n');
+                }
+                write_atomic(&dir.join(VOCAB_FILE), text.as_bytes()).map_err(TokenizerError::Io)?;
+            }
+        }
+        let mut bytes = serde_json::to_vec_pretty(&doc).expect("a JSON value always serializes");
+        bytes.push(b'\n');
+        write_atomic(&dir.join(TOKENIZER_FILE), &bytes).map_err(TokenizerError::Io)
+    }
+
+    /// Reads the tokenizer saved in `dir`, validating it.
+    pub fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        let path = dir.join(TOKENIZER_FILE);
+        let json = read_bytes(&path)?;
+        // vocab.txt is only read when tokenizer.json says the kind is word.
+        Self::parse(&path, &json, || {
+            let vpath = dir.join(VOCAB_FILE);
+            read_bytes(&vpath).map(|b| (vpath, b))
+        })
+    }
+
+    /// Parses tokenizer files held in memory (`vocab_txt` is needed for
+    /// word only), with the same validation as [`Tokenizer::load`]. Errors
+    /// name the files as `tokenizer.json` / `vocab.txt`.
+    pub fn from_bytes(
+        tokenizer_json: &[u8],
+        vocab_txt: Option<&[u8]>,
+    ) -> Result<Tokenizer, TokenizerError> {
+        Self::parse(Path::new(TOKENIZER_FILE), tokenizer_json, || {
+            let vpath = PathBuf::from(VOCAB_FILE);
+            match vocab_txt {
+                Some(b) => Ok((vpath, b.to_vec())),
+                None => Err(TokenizerError::MissingFile { path: vpath }),
+            }
+        })
+    }
+
+    fn parse<F>(path: &Path, json: &[u8], read_vocab: F) -> Result<Tokenizer, TokenizerError>
+    where
+        F: FnOnce() -> Result<(PathBuf, Vec<u8>), TokenizerError>,
+    {
+        let path = path.to_path_buf();
+        let text = utf8(&path, json)?;
+        let doc: Value = serde_json::from_str(text).map_err(|source| TokenizerError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| TokenizerError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        let obj = doc
+            .as_object()
+            .ok_or_else(|| invalid("expected a JSON object".to_string()))?;
+        match obj.get("format").and_then(Value::as_str) {
+            Some(TOKENIZER_FORMAT) => {}
+            other => {
+                return Err(invalid(format!(
+                    "\"format\" must be \"{TOKENIZER_FORMAT}\", found {}",
+                    other.map_or("nothing".to_string(), |s| format!("{s:?}"))
+                )))
+            }
+        }
+        match obj.get("version").and_then(Value::as_u64) {
+            Some(TOKENIZER_VERSION) => {}
+            other => {
+                return Err(invalid(format!(
+                    "unsupported \"version\" {other:?} (this build reads {TOKENIZER_VERSION})"
+                )))
+            }
+        }
+        let kind_name = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("missing string field \"kind\"".to_string()))?;
+        let kind: TokenizerKind = kind_name
+            .parse()
+            .map_err(|_| invalid(format!("unknown kind {kind_name:?}")))?;
+        let declared = obj
+            .get("vocab_size")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| invalid("missing integer field \"vocab_size\"".to_string()))?;
+
+        let tok = match kind {
+            TokenizerKind::Byte => Tokenizer::Byte,
+            TokenizerKind::Char => {
+                let list = obj
+                    .get("chars")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| invalid("missing array field \"chars\"".to_string()))?;
+                if list.len() > MAX_VOCAB {
+                    return Err(invalid(format!("{} chars exceed {MAX_VOCAB}", list.len())));
+                }
+                let mut chars = Vec::with_capacity(list.len());
+                for (i, item) in list.iter().enumerate() {
+                    let s = item
+                        .as_str()
+                        .ok_or_else(|| invalid(format!("chars[{i}] is not a string")))?;
+                    let mut it = s.chars();
+                    match (it.next(), it.next()) {
+                        (Some(c), None) => chars.push(c),
+                        _ => {
+                            return Err(invalid(format!(
+                                "chars[{i}] = {s:?} is not exactly one character"
+                            )))
+                        }
+                    }
+                }
+                Tokenizer::Char(CharVocab::new(chars).map_err(invalid)?)
+            }
+            TokenizerKind::Word => {
+                let (vpath, vbytes) = read_vocab()?;
+                let text = utf8(&vpath, &vbytes)?;
+                let vinvalid = |reason: String| TokenizerError::Invalid {
+                    path: vpath.clone(),
+                    reason,
+                };
+                let body = text.strip_suffix('\n').unwrap_or(text);
+                let lines: Vec<&str> = if body.is_empty() {
+                    Vec::new()
+                } else {
+                    body.split('\n').collect()
+                };
+                if lines.len() > MAX_VOCAB {
+                    return Err(vinvalid(format!(
+                        "{} tokens exceed {MAX_VOCAB}",
+                        lines.len()
+                    )));
+                }
+                if let Some(i) = lines.iter().position(|l| l.is_empty()) {
+                    return Err(vinvalid(format!("line {} is empty", i + 1)));
+                }
+                let words = lines.into_iter().map(str::to_string).collect();
+                Tokenizer::Word(WordVocab::new(words).map_err(vinvalid)?)
+            }
+        };
+        if tok.vocab_size() as u64 != declared {
+            return Err(invalid(format!(
+                "\"vocab_size\" is {declared} but the vocabulary has {} tokens",
+                tok.vocab_size()
+            )));
+        }
+        Ok(tok)
+    }
+
+    /// The files [`Tokenizer::save`] writes for this kind.
+    pub fn file_names(&self) -> &'static [&'static str] {
+        match self {
+            Tokenizer::Word(_) => &[TOKENIZER_FILE, VOCAB_FILE],
+            _ => &[TOKENIZER_FILE],
+        }
+    }
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, TokenizerError> {
+    fs::read(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            TokenizerError::MissingFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            TokenizerError::Io(FsError::new("read", path, e))
+        }
+    })
+}
+
+fn utf8<'b>(path: &Path, bytes: &'b [u8]) -> Result<&'b str, TokenizerError> {
+    std::str::from_utf8(bytes).map_err(|e| TokenizerError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("not UTF-8 (byte {})", e.valid_up_to()),
+    })
+}

@@ -147,52 +147,19 @@ fn worker_main<A: Accumulator, K: Kernels<f32>>(sh: Arc<Shared<A, K>>, id: usize
                 update,
                 leaves,
                 partial,
-            } => catch_unwind(AssertUnwindSafe(|| {
+            } => sh.catch_panic(id, || {
                 sh.train(id, step, update, leaves, partial, &mut local)
-            }))
-            .unwrap_or_else(|p| {
-                Err(sh.fail(ExecError::WorkerPanicked {
-                    worker: id,
-                    unit: usize::MAX,
-                    attempts: 1,
-                    message: panic_message(&*p),
-                }))
             }),
-            Job::Finish { segments } => catch_unwind(AssertUnwindSafe(|| sh.finish(id, segments)))
-                .unwrap_or_else(|p| {
-                    Err(sh.fail(ExecError::WorkerPanicked {
-                        worker: id,
-                        unit: usize::MAX,
-                        attempts: 1,
-                        message: panic_message(&*p),
-                    }))
-                }),
+            Job::Finish { segments } => sh.catch_panic(id, || sh.finish(id, segments)),
             Job::Update {
                 segments,
                 grad_norm,
                 update,
-            } => catch_unwind(AssertUnwindSafe(|| {
+            } => sh.catch_panic(id, || {
                 let ids = (segments.start + id..segments.end).step_by(sh.cfg.threads);
                 sh.update_segments(ids, grad_norm, update)
-            }))
-            .unwrap_or_else(|p| {
-                Err(sh.fail(ExecError::WorkerPanicked {
-                    worker: id,
-                    unit: usize::MAX,
-                    attempts: 1,
-                    message: panic_message(&*p),
-                }))
             }),
-            Job::Eval => {
-                catch_unwind(AssertUnwindSafe(|| sh.eval(id, &mut local))).unwrap_or_else(|p| {
-                    Err(sh.fail(ExecError::WorkerPanicked {
-                        worker: id,
-                        unit: usize::MAX,
-                        attempts: 1,
-                        message: panic_message(&*p),
-                    }))
-                })
-            }
+            Job::Eval => sh.catch_panic(id, || sh.eval(id, &mut local)),
         };
         let _ = outcome;
         if sh.done.fetch_add(1, Ordering::AcqRel) + 1 == sh.cfg.threads {
@@ -275,6 +242,19 @@ impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Hierarch
 }
 
 impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
+    /// Run worker `id`'s part of a job, turning a panic that escapes it
+    /// (one outside a unit's retries) into the job's error.
+    fn catch_panic(&self, id: usize, part: impl FnOnce() -> Result<(), Stop>) -> Result<(), Stop> {
+        catch_unwind(AssertUnwindSafe(part)).unwrap_or_else(|p| {
+            Err(self.fail(ExecError::WorkerPanicked {
+                worker: id,
+                unit: usize::MAX,
+                attempts: 1,
+                message: panic_message(&*p),
+            }))
+        })
+    }
+
     /// Record the first error and release everyone waiting at the barrier.
     pub(super) fn fail(&self, e: ExecError) -> Stop {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());

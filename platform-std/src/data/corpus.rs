@@ -22,19 +22,19 @@ pub struct SourceFile {
     pub len: usize,
 }
 
-pub(super) enum CorpusBytes {
+enum CorpusBytes {
     Mapped(Mmap),
     Owned(Vec<u8>),
 }
 
 /// The loaded corpus: the concatenated bytes of every loaded file.
 pub struct Corpus {
-    pub(super) bytes: CorpusBytes,
-    pub(super) files: Vec<SourceFile>,
-    pub(super) summary: LoadSummary,
+    bytes: CorpusBytes,
+    files: Vec<SourceFile>,
+    summary: LoadSummary,
     /// Where [`Corpus::into_tokens`] spools char/word ids: set for loaded
     /// (mapped) corpora, `None` for bytes given in memory.
-    pub(super) spool_dir: Option<PathBuf>,
+    spool_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for Corpus {
@@ -48,6 +48,22 @@ impl fmt::Debug for Corpus {
 }
 
 impl Corpus {
+    /// A loaded corpus: `map` holds the text of `files`, and the char/word
+    /// ids go to a spool file in `spool_dir`.
+    pub(super) fn mapped(
+        map: Mmap,
+        files: Vec<SourceFile>,
+        summary: LoadSummary,
+        spool_dir: PathBuf,
+    ) -> Corpus {
+        Corpus {
+            bytes: CorpusBytes::Mapped(map),
+            files,
+            summary,
+            spool_dir: Some(spool_dir),
+        }
+    }
+
     /// Builds a corpus from bytes already in memory (tests, built-in text).
     /// Its token ids are kept in memory too.
     pub fn from_bytes(bytes: Vec<u8>) -> Corpus {

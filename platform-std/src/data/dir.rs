@@ -6,7 +6,6 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::corpus::CorpusBytes;
 use super::error::{listed_err, unreadable};
 use super::options::looks_binary;
 use super::spool::Spool;
@@ -124,14 +123,12 @@ fn read_up_to(f: &mut File, path: &Path, buf: &mut [u8]) -> Result<usize, DataEr
 }
 
 /// Phase two for a directory (see [`Listing::load`]).
-pub(super) fn load(listing: Listing) -> Result<Corpus, DataError> {
-    let Listing {
-        root,
-        files,
-        mut summary,
-        spool_dir,
-        ..
-    } = listing;
+pub(super) fn load(
+    root: PathBuf,
+    files: &[ListedFile],
+    mut summary: LoadSummary,
+    spool_dir: PathBuf,
+) -> Result<Corpus, DataError> {
     // Each file plus the newline that may follow it.
     let needed = files
         .iter()
@@ -143,7 +140,7 @@ pub(super) fn load(listing: Listing) -> Result<Corpus, DataError> {
     let mut written = 0u64;
     let mut last_byte = None;
     let mut sources = Vec::new();
-    for file in &files {
+    for file in files {
         let path = &file.path;
         let mut f = open_listed(path)?;
         // The first SNIFF_LEN bytes decide whether the file is text.
@@ -191,10 +188,5 @@ pub(super) fn load(listing: Listing) -> Result<Corpus, DataError> {
     }
     let map = spool.map()?;
     debug_assert_eq!(map.len() as u64, written);
-    Ok(Corpus {
-        bytes: CorpusBytes::Mapped(map),
-        files: sources,
-        summary,
-        spool_dir: Some(spool_dir),
-    })
+    Ok(Corpus::mapped(map, sources, summary, spool_dir))
 }

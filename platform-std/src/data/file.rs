@@ -1,23 +1,21 @@
 //! A single text file given as the corpus path: memory-mapped in place,
 //! whatever its size, after the empty and binary-content checks.
 
+use std::path::PathBuf;
+
 use memmap2::Mmap;
 
-use super::corpus::CorpusBytes;
 use super::error::unreadable;
 use super::options::looks_binary;
-use super::{open_listed, Corpus, DataError, Listing, SkipReason, SourceFile};
+use super::{open_listed, Corpus, DataError, ListedFile, LoadSummary, SkipReason, SourceFile};
 
-/// Phase two for a single file (see [`Listing::load`]).
-pub(super) fn load(listing: Listing) -> Result<Corpus, DataError> {
-    let Listing {
-        root,
-        files,
-        mut summary,
-        spool_dir,
-        ..
-    } = listing;
-    let file = &files[0];
+/// Phase two for a single file (see [`Listing::load`](super::Listing::load)).
+pub(super) fn load(
+    root: PathBuf,
+    file: &ListedFile,
+    mut summary: LoadSummary,
+    spool_dir: PathBuf,
+) -> Result<Corpus, DataError> {
     let f = open_listed(&file.path)?;
     let len = f.metadata().map_err(|e| unreadable(&file.path, e))?.len();
     if len == 0 {
@@ -42,14 +40,10 @@ pub(super) fn load(listing: Listing) -> Result<Corpus, DataError> {
     }
     summary.loaded_files = 1;
     summary.loaded_bytes = len;
-    Ok(Corpus {
-        bytes: CorpusBytes::Mapped(map),
-        files: vec![SourceFile {
-            path: file.path.clone(),
-            offset: 0,
-            len: len as usize,
-        }],
-        summary,
-        spool_dir: Some(spool_dir),
-    })
+    let files = vec![SourceFile {
+        path: file.path.clone(),
+        offset: 0,
+        len: len as usize,
+    }];
+    Ok(Corpus::mapped(map, files, summary, spool_dir))
 }

@@ -139,10 +139,17 @@ impl Listing {
     /// previous one does not end with one, so the last word of a file never
     /// fuses with the first of the next.
     pub fn load(self) -> Result<Corpus, DataError> {
-        if self.root_is_file {
-            file::load(self)
+        let Listing {
+            root,
+            root_is_file,
+            files,
+            summary,
+            spool_dir,
+        } = self;
+        if root_is_file {
+            file::load(root, &files[0], summary, spool_dir)
         } else {
-            dir::load(self)
+            dir::load(root, &files, summary, spool_dir)
         }
     }
 }

@@ -43,10 +43,13 @@ struct Args {
     /// Text file or directory to train on [default: this repository's text files]
     data: Option<PathBuf>,
 
-    /// Tokenizer: byte (256 ids, lossless), char (characters of the data), word (lowercased words + specials)
-    #[arg(long, default_value = "byte", value_parser = choice!(TokenizerChoice))]
-    tokenizer: TokenizerChoice,
-    /// Vocabulary cap of the word tokenizer (byte and char ignore it)
+    /// Tokenizer: byte (256 ids, lossless), char (characters of the data), word (lowercased
+    /// words + specials), bpe (byte-level BPE trained on the data, GPT-2 style), or PATH: a
+    /// tokenizer.json (Hugging Face or cllm) or a directory with one or with GPT-2's
+    /// vocab.json + merges.txt
+    #[arg(long, default_value = "byte", value_name = "byte|char|word|bpe|PATH", value_parser = tokenizer_arg)]
+    tokenizer: TokenizerArg,
+    /// Vocabulary size of the word and bpe tokenizers (byte and char ignore it)
     #[arg(long, default_value_t = d::VOCAB_SIZE)]
     vocab_size: usize,
     /// Files found in a directory larger than this many bytes are skipped
@@ -158,13 +161,43 @@ struct Args {
     sample_tokens: usize,
 }
 
+/// `--tokenizer`: a kind to train, or a path to load.
+#[derive(Clone, Debug)]
+enum TokenizerArg {
+    Train(TokenizerChoice),
+    Load(PathBuf),
+}
+
+fn tokenizer_arg(s: &str) -> Result<TokenizerArg, String> {
+    if let Ok(c) = s.parse::<TokenizerChoice>() {
+        return Ok(TokenizerArg::Train(c));
+    }
+    let path = PathBuf::from(s);
+    if path.exists() {
+        Ok(TokenizerArg::Load(path))
+    } else {
+        Err(
+            "neither a tokenizer kind (byte, char, word, bpe) nor an existing file or directory"
+                .to_string(),
+        )
+    }
+}
+
 impl Args {
     /// `steps_given`: whether --steps was on the command line (its default
     /// yields to --epochs).
     fn run_config(&self, steps_given: bool) -> RunConfig {
         RunConfig {
             data: self.data.clone(),
-            tokenizer: self.tokenizer,
+            tokenizer: match &self.tokenizer {
+                TokenizerArg::Train(c) => *c,
+                // The kind of the loaded tokenizer replaces this.
+                TokenizerArg::Load(_) => TokenizerChoice::Bpe,
+            },
+            tokenizer_path: match &self.tokenizer {
+                TokenizerArg::Train(_) => None,
+                TokenizerArg::Load(p) => Some(p.clone()),
+            },
             vocab_size: self.vocab_size,
             max_file_bytes: self.max_file_bytes,
             val_fraction: self.val_fraction,
@@ -329,7 +362,12 @@ fn run() -> Result<(), String> {
         .map(|a| a.get_id().to_string())
         .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
         .collect();
-    let explicit: Vec<&str> = explicit.iter().map(String::as_str).collect();
+    let mut explicit: Vec<&str> = explicit.iter().map(String::as_str).collect();
+    if let TokenizerArg::Load(_) = args.tokenizer {
+        // A path names the tokenizer itself; its kind is whatever it holds.
+        explicit.retain(|&f| f != "tokenizer");
+        explicit.push("tokenizer_path");
+    }
     let mut cfg = args.run_config(explicit.contains(&"steps"));
     if cfg.resume.is_none() {
         if cfg.data.is_none() {

@@ -19,8 +19,9 @@ pub mod tensors;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -35,7 +36,7 @@ use crate::exec::{ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer,
 use crate::fsutil::{create_dir_all_durable, FsError};
 use crate::metrics::{MetricsError, MetricsRecord, MetricsWriter};
 use crate::plot;
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tokenizer::{Tokenizer, TokenizerError, MIN_BPE_VOCAB};
 
 pub use config::{
     defaults, AccumulatorKind, ConfigError, Depth, KernelSelection, OptimizerKind, RunConfig,
@@ -313,6 +314,55 @@ fn default_run_dir() -> PathBuf {
     PathBuf::from("runs").join(format!("run-{secs}"))
 }
 
+/// Trains the tokenizer; on a long bpe training, a progress line every few
+/// seconds (the training runs on a scoped thread, this one reports).
+fn train_tokenizer(
+    cfg: &RunConfig,
+    text: &[u8],
+    obs: &mut dyn Observer,
+) -> Result<Tokenizer, TrainError> {
+    let kind = cfg.tokenizer.into();
+    if cfg.tokenizer != TokenizerChoice::Bpe {
+        return Ok(Tokenizer::train(kind, text, cfg.vocab_size)?);
+    }
+    let read = AtomicU64::new(0);
+    let start = Instant::now();
+    let tok = std::thread::scope(|s| {
+        let job = s.spawn(|| Tokenizer::train_with_progress(kind, text, cfg.vocab_size, &read));
+        let mut last = start;
+        let mut merging = false;
+        while !job.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() < Duration::from_secs(5) {
+                continue;
+            }
+            last = Instant::now();
+            let done = read.load(Ordering::Relaxed);
+            if done < text.len() as u64 {
+                obs.message(&format!(
+                    "bpe: read {:.0} of {:.0} MiB ({:.0}%)",
+                    done as f64 / (1 << 20) as f64,
+                    text.len() as f64 / (1 << 20) as f64,
+                    100.0 * done as f64 / text.len().max(1) as f64
+                ));
+            } else if !merging {
+                merging = true;
+                obs.message(&format!(
+                    "bpe: computing {} merges",
+                    cfg.vocab_size.saturating_sub(MIN_BPE_VOCAB)
+                ));
+            }
+        }
+        job.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })?;
+    obs.message(&format!(
+        "tokenizer: bpe, {} ids, trained in {:.1}s",
+        tok.vocab_size(),
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(tok)
+}
+
 fn prepare(
     given: RunConfig,
     explicit: &[&str],
@@ -402,7 +452,20 @@ fn prepare(
             }
             t
         }
-        None => Tokenizer::train(cfg.tokenizer.into(), corpus.bytes(), cfg.vocab_size)?,
+        None => match &cfg.tokenizer_path {
+            Some(path) => {
+                let t = Tokenizer::load_path(path)?;
+                cfg.tokenizer = t.kind().into();
+                obs.message(&format!(
+                    "tokenizer: {} ({}, {} ids)",
+                    path.display(),
+                    t.kind(),
+                    t.vocab_size()
+                ));
+                t
+            }
+            None => train_tokenizer(&cfg, corpus.bytes(), obs)?,
+        },
     };
     let store = corpus.into_tokens(&tokenizer)?;
     data::check_len(store.len(), cfg.seq_len)?;

@@ -130,10 +130,10 @@ fn kind_parsing() {
         "char".parse::<TokenizerKind>().unwrap(),
         TokenizerKind::Char
     );
-    let e = "bpe".parse::<TokenizerKind>().unwrap_err();
+    let e = "unigram".parse::<TokenizerKind>().unwrap_err();
     assert_eq!(
         e.to_string(),
-        "unknown tokenizer `bpe` (expected byte, char or word)"
+        "unknown tokenizer `unigram` (expected byte, char, word or bpe)"
     );
 }
 
@@ -209,7 +209,7 @@ fn invalid_files_give_clear_errors() {
         (
             vec![(
                 TOKENIZER_FILE,
-                br#"{"format":"cllm-tokenizer","version":1,"kind":"bpe","vocab_size":256}"#,
+                br#"{"format":"cllm-tokenizer","version":1,"kind":"unigram","vocab_size":256}"#,
             )],
             "unknown kind",
         ),

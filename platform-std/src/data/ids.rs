@@ -55,8 +55,14 @@ pub(super) fn spool_ids<T: SpoolId>(
     tokenizer: &Tokenizer,
     dir: &Path,
 ) -> Result<MappedIds<T>, DataError> {
-    // At most one id per byte of text.
-    let needed = (bytes.len() as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+    // At most one id per byte of text for char and word; bpe may give three
+    // ids to the three bytes of a U+FFFD that replaced one invalid byte.
+    let per_byte = if let Tokenizer::Bpe(_) = tokenizer {
+        3
+    } else {
+        1
+    };
+    let needed = (bytes.len() as u64).saturating_mul((per_byte * std::mem::size_of::<T>()) as u64);
     let mut spool = Spool::create(dir, "token ids", needed)?;
     let mut enc = tokenizer.stream_encoder();
     let mut sink = IdSink::default();
@@ -68,7 +74,7 @@ pub(super) fn spool_ids<T: SpoolId>(
             None => Ok(()),
         }
     })?;
-    enc.finish(|id| sink.put::<T>(id, &mut spool.out));
+    enc.finish(|id| sink.put::<T>(id, &mut spool.out))?;
     if let Some(e) = sink.failed {
         return Err(spool.info.error("write", e));
     }

@@ -55,6 +55,15 @@ pub enum TokenizerError {
         /// Smallest allowed.
         min: usize,
     },
+    /// A BPE vocabulary size below the byte alphabet and `<|endoftext|>`.
+    BpeVocabTooSmall {
+        /// Requested size.
+        requested: usize,
+    },
+    /// The `tokenizers` library failed to train.
+    Train(String),
+    /// The `tokenizers` library failed to encode or decode.
+    Encode(String),
     /// Training text without a single token.
     EmptyText,
 }
@@ -74,7 +83,7 @@ impl fmt::Display for TokenizerError {
             }
             TokenizerError::UnknownKind { kind } => write!(
                 f,
-                "unknown tokenizer `{kind}` (expected byte, char or word)"
+                "unknown tokenizer `{kind}` (expected byte, char, word or bpe)"
             ),
             TokenizerError::UnknownChar { ch, position } => write!(
                 f,
@@ -91,6 +100,15 @@ impl fmt::Display for TokenizerError {
                 "word vocabulary size {requested} is too small: at least {min} \
                  (the special tokens) is needed"
             ),
+            TokenizerError::BpeVocabTooSmall { requested } => write!(
+                f,
+                "BPE vocabulary size {requested} is too small: at least {} (the 256 byte \
+                 tokens and {}) is needed",
+                super::MIN_BPE_VOCAB,
+                super::END_OF_TEXT
+            ),
+            TokenizerError::Train(e) => write!(f, "{e}"),
+            TokenizerError::Encode(e) => write!(f, "tokenizer: {e}"),
             TokenizerError::EmptyText => write!(f, "no tokens in the training text"),
         }
     }

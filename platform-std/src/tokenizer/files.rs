@@ -1,5 +1,7 @@
-//! cllm's own tokenizer files (`tokenizer.json` with `"format":
-//! "cllm-tokenizer"`, and `vocab.txt` for word): writing, reading, validating.
+//! Tokenizer files: cllm's own (`tokenizer.json` with `"format":
+//! "cllm-tokenizer"`, and `vocab.txt` for word) and Hugging Face's
+//! (`tokenizer.json` of the `tokenizers` library, or GPT-2's `vocab.json` +
+//! `merges.txt`, for bpe): writing, reading, validating.
 
 use std::fs;
 use std::io;
@@ -7,17 +9,63 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use super::bpe::BpeTokenizer;
 use super::char::CharVocab;
 use super::word::WordVocab;
 use super::{
     Tokenizer, TokenizerError, TokenizerKind, MAX_VOCAB, TOKENIZER_FILE, TOKENIZER_FORMAT,
     TOKENIZER_VERSION, VOCAB_FILE, WORD_SPECIALS,
 };
+
+/// Hugging Face's tokenizer settings file, written next to a bpe
+/// `tokenizer.json`.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// Hugging Face's special-token file, written next to a bpe `tokenizer.json`.
+pub const SPECIAL_TOKENS_FILE: &str = "special_tokens_map.json";
+/// GPT-2's vocabulary file (token → id), read with [`GPT2_MERGES_FILE`].
+pub const GPT2_VOCAB_FILE: &str = "vocab.json";
+/// GPT-2's merges file.
+pub const GPT2_MERGES_FILE: &str = "merges.txt";
+
+fn write_json(path: &Path, doc: &Value) -> Result<(), TokenizerError> {
+    let mut bytes = serde_json::to_vec_pretty(doc).expect("a JSON value always serializes");
+    bytes.push(b'\n');
+    write_atomic(path, &bytes).map_err(TokenizerError::Io)
+}
+
+fn save_bpe(b: &BpeTokenizer, dir: &Path) -> Result<(), TokenizerError> {
+    let mut json = b.json().as_bytes().to_vec();
+    json.push(b'\n');
+    write_atomic(&dir.join(TOKENIZER_FILE), &json).map_err(TokenizerError::Io)?;
+    let eot = b
+        .eos_id()
+        .and_then(|id| b.inner().id_to_token(id))
+        .map_or(Value::Null, Value::String);
+    let mut config = json!({
+        "tokenizer_class": if b.is_byte_level() { "GPT2Tokenizer" } else { "PreTrainedTokenizerFast" },
+        "add_prefix_space": false,
+        // Decoded text must be what `generate` prints, unchanged.
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": 1u64 << 30,
+    });
+    let mut specials = json!({});
+    if !eot.is_null() {
+        for key in ["bos_token", "eos_token", "unk_token"] {
+            config[key] = eot.clone();
+            specials[key] = eot.clone();
+        }
+    }
+    write_json(&dir.join(TOKENIZER_CONFIG_FILE), &config)?;
+    write_json(&dir.join(SPECIAL_TOKENS_FILE), &specials)
+}
 use crate::fsutil::{write_atomic, FsError};
 
 impl Tokenizer {
     /// Writes the tokenizer's files into `dir` (each atomically).
     pub fn save(&self, dir: &Path) -> Result<(), TokenizerError> {
+        if let Tokenizer::Bpe(b) = self {
+            return save_bpe(b, dir);
+        }
         let mut doc = json!({
             "format": TOKENIZER_FORMAT,
             "version": TOKENIZER_VERSION,
@@ -25,7 +73,7 @@ impl Tokenizer {
             "vocab_size": self.vocab_size(),
         });
         match self {
-            Tokenizer::Byte => {}
+            Tokenizer::Byte | Tokenizer::Bpe(_) => {}
             Tokenizer::Char(v) => {
                 let chars: Vec<String> = v.chars.iter().map(|c| c.to_string()).collect();
                 doc["chars"] = json!(chars);
@@ -41,17 +89,36 @@ impl Tokenizer {
                 write_atomic(&dir.join(VOCAB_FILE), text.as_bytes()).map_err(TokenizerError::Io)?;
             }
         }
-        let mut bytes = serde_json::to_vec_pretty(&doc).expect("a JSON value always serializes");
-        bytes.push(b'\n');
-        write_atomic(&dir.join(TOKENIZER_FILE), &bytes).map_err(TokenizerError::Io)
+        write_json(&dir.join(TOKENIZER_FILE), &doc)
     }
 
-    /// Reads the tokenizer saved in `dir`, validating it.
+    /// Reads the tokenizer saved in `dir`, validating it: `tokenizer.json`
+    /// (cllm's format or the `tokenizers` library's), or, without one,
+    /// GPT-2's `vocab.json` + `merges.txt`.
     pub fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         let path = dir.join(TOKENIZER_FILE);
+        let (vocab, merges) = (dir.join(GPT2_VOCAB_FILE), dir.join(GPT2_MERGES_FILE));
+        if !path.exists() && vocab.is_file() && merges.is_file() {
+            return BpeTokenizer::from_vocab_merges(&vocab, &merges).map(Tokenizer::Bpe);
+        }
         let json = read_bytes(&path)?;
         // vocab.txt is only read when tokenizer.json says the kind is word.
         Self::parse(&path, &json, || {
+            let vpath = dir.join(VOCAB_FILE);
+            read_bytes(&vpath).map(|b| (vpath, b))
+        })
+    }
+
+    /// Reads a tokenizer from `path`: a directory (as [`Tokenizer::load`])
+    /// or a `tokenizer.json` file (a word tokenizer's `vocab.txt` is read
+    /// from the same directory).
+    pub fn load_path(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        if path.is_dir() {
+            return Self::load(path);
+        }
+        let json = read_bytes(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(path, &json, || {
             let vpath = dir.join(VOCAB_FILE);
             read_bytes(&vpath).map(|b| (vpath, b))
         })
@@ -90,11 +157,15 @@ impl Tokenizer {
         let obj = doc
             .as_object()
             .ok_or_else(|| invalid("expected a JSON object".to_string()))?;
+        if !obj.contains_key("format") && obj.contains_key("model") {
+            return BpeTokenizer::from_json(&path, text).map(Tokenizer::Bpe);
+        }
         match obj.get("format").and_then(Value::as_str) {
             Some(TOKENIZER_FORMAT) => {}
             other => {
                 return Err(invalid(format!(
-                    "\"format\" must be \"{TOKENIZER_FORMAT}\", found {}",
+                    "\"format\" must be \"{TOKENIZER_FORMAT}\" (or the file must be a Hugging Face \
+                     tokenizer.json with a \"model\"), found {}",
                     other.map_or("nothing".to_string(), |s| format!("{s:?}"))
                 )))
             }
@@ -121,6 +192,11 @@ impl Tokenizer {
 
         let tok = match kind {
             TokenizerKind::Byte => Tokenizer::Byte,
+            TokenizerKind::Bpe => {
+                return Err(invalid(
+                    "bpe tokenizers are stored in the Hugging Face format, not cllm's".to_string(),
+                ))
+            }
             TokenizerKind::Char => {
                 let list = obj
                     .get("chars")
@@ -185,6 +261,7 @@ impl Tokenizer {
     pub fn file_names(&self) -> &'static [&'static str] {
         match self {
             Tokenizer::Word(_) => &[TOKENIZER_FILE, VOCAB_FILE],
+            Tokenizer::Bpe(_) => &[TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE],
             _ => &[TOKENIZER_FILE],
         }
     }

@@ -1,22 +1,21 @@
-//! Tokenizers: byte, char and word (one module each where they need code),
-//! and their files in a model directory (`files`).
+//! Tokenizers: byte, char, word and BPE (one module each where they need
+//! code), and their files in a model directory (`files`).
 //!
 //! Files written into a model directory:
-//! - every kind: `tokenizer.json`, e.g. `{"format": "cllm-tokenizer",
-//!   "version": 1, "kind": "byte", "vocab_size": 256}`;
-//! - char: `tokenizer.json` also holds `"chars"`, the vocabulary in id order
-//!   (one single-character string per id);
-//! - word: `vocab.txt`, one token per line in id order, the five specials
-//!   first.
-//!
-//! Note: Hugging Face's `AutoTokenizer` also looks for a file called
-//! `tokenizer.json`; ours is not in its format (the `"format"` key says so).
-//! `GPT2LMHeadModel.from_pretrained` does not read it.
+//! - bpe: `tokenizer.json` in the Hugging Face `tokenizers` format, with
+//!   `tokenizer_config.json` and `special_tokens_map.json`, so that
+//!   `AutoTokenizer.from_pretrained(dir)` loads it;
+//! - byte, char, word: `tokenizer.json` in cllm's own format, e.g.
+//!   `{"format": "cllm-tokenizer", "version": 1, "kind": "byte",
+//!   "vocab_size": 256}`; char adds `"chars"`, the vocabulary in id order
+//!   (one single-character string per id); word writes `vocab.txt`, one
+//!   token per line in id order, the five specials first.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
 
 /// Name of the tokenizer description file in a model directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -44,7 +43,7 @@ pub const MASK_ID: u32 = 4;
 /// `tokenizer.json` cannot demand absurd model sizes.
 pub const MAX_VOCAB: usize = 1 << 24;
 
-/// The three tokenizer kinds (`--tokenizer byte|char|word`).
+/// The tokenizer kinds (`--tokenizer byte|char|word|bpe`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenizerKind {
     /// One token per byte; vocabulary 256.
@@ -53,6 +52,8 @@ pub enum TokenizerKind {
     Char,
     /// Lowercased whitespace-separated words plus specials.
     Word,
+    /// Byte-level BPE (GPT-2 style) through the `tokenizers` crate.
+    Bpe,
 }
 
 impl TokenizerKind {
@@ -62,6 +63,7 @@ impl TokenizerKind {
             TokenizerKind::Byte => "byte",
             TokenizerKind::Char => "char",
             TokenizerKind::Word => "word",
+            TokenizerKind::Bpe => "bpe",
         }
     }
 }
@@ -79,6 +81,7 @@ impl FromStr for TokenizerKind {
             "byte" => Ok(TokenizerKind::Byte),
             "char" => Ok(TokenizerKind::Char),
             "word" => Ok(TokenizerKind::Word),
+            "bpe" => Ok(TokenizerKind::Bpe),
             other => Err(TokenizerError::UnknownKind {
                 kind: other.to_string(),
             }),
@@ -86,14 +89,17 @@ impl FromStr for TokenizerKind {
     }
 }
 
+mod bpe;
 mod char;
 mod error;
 mod files;
 mod pieces;
 mod word;
 
+pub use bpe::{byte_chars, BpeTokenizer, END_OF_TEXT, MIN_BPE_VOCAB};
 pub use char::CharVocab;
 pub use error::TokenizerError;
+pub use files::{GPT2_MERGES_FILE, GPT2_VOCAB_FILE, SPECIAL_TOKENS_FILE, TOKENIZER_CONFIG_FILE};
 pub use pieces::{for_each_lossy_piece, STREAM_PIECE_BYTES};
 pub use word::WordVocab;
 
@@ -108,12 +114,14 @@ pub enum Tokenizer {
     Char(CharVocab),
     /// Lowercased whitespace-separated words.
     Word(WordVocab),
+    /// Byte-level BPE (or any BPE loaded from a `tokenizer.json`).
+    Bpe(BpeTokenizer),
 }
 
 impl Tokenizer {
     /// Builds a tokenizer of `kind` from training bytes (invalid UTF-8 is
-    /// replaced by U+FFFD for char and word). `vocab_size` only matters for
-    /// word.
+    /// replaced by U+FFFD for char, word and bpe). `vocab_size` only matters
+    /// for word and bpe.
     ///
     /// The text is decoded piece by piece (see [`for_each_lossy_piece`]), so
     /// a memory-mapped corpus larger than memory is never copied; the result
@@ -124,7 +132,21 @@ impl Tokenizer {
         text: &[u8],
         vocab_size: usize,
     ) -> Result<Tokenizer, TokenizerError> {
-        Self::train_pieces(kind, text, vocab_size, STREAM_PIECE_BYTES)
+        Self::train_with_progress(kind, text, vocab_size, &AtomicU64::new(0))
+    }
+
+    /// Like [`Tokenizer::train`]; `read` counts the bytes of `text` read so
+    /// far (bpe only), so another thread can show progress on a long corpus.
+    pub fn train_with_progress(
+        kind: TokenizerKind,
+        text: &[u8],
+        vocab_size: usize,
+        read: &AtomicU64,
+    ) -> Result<Tokenizer, TokenizerError> {
+        match kind {
+            TokenizerKind::Bpe => BpeTokenizer::train(text, vocab_size, read).map(Tokenizer::Bpe),
+            _ => Self::train_pieces(kind, text, vocab_size, STREAM_PIECE_BYTES),
+        }
     }
 
     fn train_pieces(
@@ -135,6 +157,9 @@ impl Tokenizer {
     ) -> Result<Tokenizer, TokenizerError> {
         match kind {
             TokenizerKind::Byte => Ok(Tokenizer::Byte),
+            TokenizerKind::Bpe => {
+                BpeTokenizer::train(text, vocab_size, &AtomicU64::new(0)).map(Tokenizer::Bpe)
+            }
             TokenizerKind::Char => {
                 let mut set = BTreeSet::new();
                 for_each_lossy_piece(text, piece_bytes, |piece| {
@@ -165,6 +190,7 @@ impl Tokenizer {
             Tokenizer::Byte => TokenizerKind::Byte,
             Tokenizer::Char(_) => TokenizerKind::Char,
             Tokenizer::Word(_) => TokenizerKind::Word,
+            Tokenizer::Bpe(_) => TokenizerKind::Bpe,
         }
     }
 
@@ -174,17 +200,28 @@ impl Tokenizer {
             Tokenizer::Byte => 256,
             Tokenizer::Char(v) => v.chars.len(),
             Tokenizer::Word(v) => v.words.len(),
+            Tokenizer::Bpe(b) => b.vocab_size(),
         }
     }
 
-    /// Beginning-of-sequence id, if the kind has one (word only).
+    /// Beginning-of-sequence id, if the kind has one: word's `<bos>`; for
+    /// bpe `<|endoftext|>`, as in GPT-2, which uses it for both.
     pub fn bos_id(&self) -> Option<u32> {
-        matches!(self, Tokenizer::Word(_)).then_some(BOS_ID)
+        match self {
+            Tokenizer::Word(_) => Some(BOS_ID),
+            Tokenizer::Bpe(b) => b.eos_id(),
+            _ => None,
+        }
     }
 
-    /// End-of-sequence id, if the kind has one (word only).
+    /// End-of-sequence id, if the kind has one: word's `<eos>`; bpe's
+    /// `<|endoftext|>`.
     pub fn eos_id(&self) -> Option<u32> {
-        matches!(self, Tokenizer::Word(_)).then_some(EOS_ID)
+        match self {
+            Tokenizer::Word(_) => Some(EOS_ID),
+            Tokenizer::Bpe(b) => b.eos_id(),
+            _ => None,
+        }
     }
 
     /// Encodes text. Char: a character outside the vocabulary is an error
@@ -204,10 +241,13 @@ impl Tokenizer {
         text: &str,
         mut sink: F,
     ) -> Result<(), TokenizerError> {
+        if let Tokenizer::Bpe(b) = self {
+            // The whole text at once: no need to look for cuts.
+            return b.encode_str(text, &mut sink);
+        }
         let mut enc = self.stream_encoder();
         enc.push(text, &mut sink)?;
-        enc.finish(sink);
-        Ok(())
+        enc.finish(sink)
     }
 
     /// An encoder for text that arrives in consecutive pieces (e.g. from
@@ -218,6 +258,7 @@ impl Tokenizer {
             tokenizer: self,
             chars_seen: 0,
             words: WordSplitter::default(),
+            carry: String::new(),
         }
     }
 
@@ -239,15 +280,16 @@ impl Tokenizer {
         }
     }
 
-    /// Decodes ids to bytes: byte gives the exact bytes back; char the UTF-8
-    /// of the characters; word the tokens joined by single spaces (specials
-    /// appear as their names, e.g. `<unk>`).
+    /// Decodes ids to bytes: byte and byte-level bpe give the exact bytes
+    /// back; char the UTF-8 of the characters; word the tokens joined by
+    /// single spaces (specials appear as their names, e.g. `<unk>`).
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, TokenizerError> {
         match self {
             Tokenizer::Byte => ids
                 .iter()
                 .map(|&id| self.check_id(id).map(|b| b as u8))
                 .collect(),
+            Tokenizer::Bpe(b) => b.decode_bytes(ids),
             _ => self.decode(ids).map(String::into_bytes),
         }
     }
@@ -276,6 +318,7 @@ impl Tokenizer {
                 }
                 Ok(out)
             }
+            Tokenizer::Bpe(b) => b.decode(ids),
         }
     }
 }
@@ -283,13 +326,15 @@ impl Tokenizer {
 /// Encodes text given in consecutive pieces (see
 /// [`Tokenizer::stream_encoder`]). Call [`StreamEncoder::finish`] after the
 /// last piece: a word tokenizer holds back a word that may continue in the
-/// next piece.
+/// next piece, bpe the text after the last place where it may be cut.
 #[derive(Debug)]
 pub struct StreamEncoder<'t> {
     tokenizer: &'t Tokenizer,
     /// Characters already encoded (char positions in errors are global).
     chars_seen: usize,
     words: WordSplitter,
+    /// bpe: text not encoded yet.
+    carry: String,
 }
 
 impl StreamEncoder<'_> {
@@ -309,15 +354,27 @@ impl StreamEncoder<'_> {
                 }
             }
             Tokenizer::Word(v) => self.words.push(piece, |w| sink(word_id(v, w))),
+            Tokenizer::Bpe(b) => {
+                self.carry.push_str(piece);
+                let cut = b.stream_cut(&self.carry);
+                if cut > 0 {
+                    b.encode_str(&self.carry[..cut], &mut sink)?;
+                    self.carry.drain(..cut);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Emits what is held back (the last word of a word tokenizer).
-    pub fn finish<F: FnMut(u32)>(mut self, mut sink: F) {
-        if let Tokenizer::Word(v) = self.tokenizer {
-            self.words.finish(|w| sink(word_id(v, w)));
+    /// Emits what is held back (the last word of a word tokenizer, the text
+    /// after bpe's last cut).
+    pub fn finish<F: FnMut(u32)>(mut self, mut sink: F) -> Result<(), TokenizerError> {
+        match self.tokenizer {
+            Tokenizer::Word(v) => self.words.finish(|w| sink(word_id(v, w))),
+            Tokenizer::Bpe(b) => b.encode_str(&self.carry, &mut sink)?,
+            _ => {}
         }
+        Ok(())
     }
 }
 
@@ -432,7 +489,7 @@ mod tests {
         let mut got = Vec::new();
         let mut enc = tok.stream_encoder();
         for_each_lossy_piece(text, piece, |p| enc.push(p, |id| got.push(id))).unwrap();
-        enc.finish(|id| got.push(id));
+        enc.finish(|id| got.push(id)).unwrap();
         assert_eq!(got, want, "{:?} piece {piece}", tok.kind());
     }
 

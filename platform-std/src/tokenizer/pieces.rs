@@ -17,7 +17,7 @@ fn is_utf8_continuation(b: u8) -> bool {
 /// continuation byte (`10xxxxxx`), and is at most four bytes long. So a cut
 /// before a non-continuation byte never splits a unit; and if the four bytes
 /// up to the cut are all continuation bytes, no unit can span it either.
-fn piece_end(bytes: &[u8], start: usize, max_piece: usize) -> usize {
+pub(super) fn piece_end(bytes: &[u8], start: usize, max_piece: usize) -> usize {
     let end = start.saturating_add(max_piece.max(4));
     if end >= bytes.len() {
         return bytes.len();

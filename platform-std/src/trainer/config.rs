@@ -16,7 +16,7 @@ use crate::tokenizer::TokenizerKind;
 
 /// Defaults of every flag, so the CLI's `--help` and the library agree.
 pub mod defaults {
-    /// Word-tokenizer vocabulary cap.
+    /// Vocabulary size of the word and bpe tokenizers.
     pub const VOCAB_SIZE: usize = 8192;
     /// Residual width.
     pub const EMBED_DIM: usize = 128;
@@ -150,6 +150,8 @@ choice_enum!(
         Char => "char",
         /// Lowercased whitespace words with specials.
         Word => "word",
+        /// Byte-level BPE (GPT-2 style), trained on the data.
+        Bpe => "bpe",
     }
 );
 
@@ -188,6 +190,18 @@ impl From<TokenizerChoice> for TokenizerKind {
             TokenizerChoice::Byte => TokenizerKind::Byte,
             TokenizerChoice::Char => TokenizerKind::Char,
             TokenizerChoice::Word => TokenizerKind::Word,
+            TokenizerChoice::Bpe => TokenizerKind::Bpe,
+        }
+    }
+}
+
+impl From<TokenizerKind> for TokenizerChoice {
+    fn from(k: TokenizerKind) -> Self {
+        match k {
+            TokenizerKind::Byte => TokenizerChoice::Byte,
+            TokenizerKind::Char => TokenizerChoice::Char,
+            TokenizerKind::Word => TokenizerChoice::Word,
+            TokenizerKind::Bpe => TokenizerChoice::Bpe,
         }
     }
 }
@@ -260,9 +274,14 @@ impl<'de> Deserialize<'de> for Depth {
 pub struct RunConfig {
     /// Corpus: a text file or a directory read recursively.
     pub data: Option<PathBuf>,
-    /// `--tokenizer`.
+    /// `--tokenizer`: the kind trained on the data (or, with
+    /// `tokenizer_path`, the kind of the tokenizer loaded from there).
     pub tokenizer: TokenizerChoice,
-    /// Vocabulary cap of the word tokenizer (byte is 256, char is the
+    /// `--tokenizer PATH`: load the tokenizer (a `tokenizer.json`, or a
+    /// directory with one or with GPT-2's `vocab.json` + `merges.txt`)
+    /// instead of training one.
+    pub tokenizer_path: Option<PathBuf>,
+    /// Vocabulary size of the word and bpe tokenizers (byte is 256, char is the
     /// characters of the data).
     pub vocab_size: usize,
     /// Files found in a directory larger than this are skipped.
@@ -339,6 +358,7 @@ impl Default for RunConfig {
         RunConfig {
             data: None,
             tokenizer: TokenizerChoice::Byte,
+            tokenizer_path: None,
             vocab_size: d::VOCAB_SIZE,
             max_file_bytes: d::MAX_FILE_BYTES,
             val_fraction: d::VAL_FRACTION,
@@ -400,6 +420,9 @@ pub const RESUME_OVERRIDABLE: &[&str] = &[
 
 /// `--some-flag` for field `some_flag`.
 pub fn flag_name(field: &str) -> String {
+    if field == "tokenizer_path" {
+        return "--tokenizer".to_string();
+    }
     format!("--{}", field.replace('_', "-"))
 }
 
@@ -498,7 +521,9 @@ impl RunConfig {
         ] {
             positive(field, v)?;
         }
-        if self.tokenizer == TokenizerChoice::Word {
+        if matches!(self.tokenizer, TokenizerChoice::Word | TokenizerChoice::Bpe)
+            && self.tokenizer_path.is_none()
+        {
             positive("vocab_size", self.vocab_size as u64)?;
         }
         if let Some(c) = self.context {

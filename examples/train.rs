@@ -153,6 +153,11 @@ struct Args {
     /// Run directory [default: runs/<UTC timestamp>; with --resume, the resumed run's directory]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Fine-tune: start from a GPT-2 model directory in the Hugging Face layout (config.json,
+    /// model.safetensors, tokenizer.json or vocab.json + merges.txt), keeping its architecture
+    /// and tokenizer
+    #[arg(long, value_name = "DIR")]
+    init_from: Option<PathBuf>,
     /// Continue a run: a run directory (its newest complete checkpoint) or a checkpoint directory
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
@@ -232,6 +237,7 @@ impl Args {
             log_every: self.log_every,
             out: self.out.clone(),
             resume: self.resume.clone(),
+            init_from: self.init_from.clone(),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! [`clean_stale_temp`] at start.
 
 mod gpt2_config;
+mod pretrained;
 mod safetensors_f32;
 mod trainer_state;
 
@@ -21,6 +22,7 @@ pub use gpt2_config::{
     check_gpt2_tensors, gpt2_tensor_shapes, limits, read_config, write_config, HfGpt2Config,
     LAYER_NORM_EPSILON,
 };
+pub use pretrained::canonical_gpt2_tensors;
 pub use safetensors_f32::{
     parse_safetensors, read_safetensors, write_safetensors, NamedTensor, TensorRef,
 };
@@ -309,6 +311,10 @@ pub fn write_model_dir(
 
 /// Reads a model directory (weights, config, tokenizer) and checks they
 /// agree: the tensors match the config, the tokenizer fits the vocabulary.
+/// Any GPT-2 directory in the Hugging Face layout reads, not only cllm's:
+/// tensor names with or without `transformer.`, mask buffers, a tied
+/// `lm_head.weight`, F16/BF16 weights (see [`canonical_gpt2_tensors`]), and
+/// GPT-2's `vocab.json` + `merges.txt` instead of `tokenizer.json`.
 pub fn load_model_dir(dir: &Path) -> Result<LoadedModel, CkptError> {
     if !dir.is_dir() {
         return Err(CkptError::NotFound {
@@ -328,7 +334,7 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel, CkptError> {
         });
     }
     let model_path = dir.join(MODEL_FILE);
-    let model = read_safetensors(&model_path)?;
+    let model = canonical_gpt2_tensors(&model_path, read_safetensors(&model_path)?)?;
     check_gpt2_tensors(
         &model_path,
         model.iter().map(|t| (t.name.as_str(), t.shape.as_slice())),

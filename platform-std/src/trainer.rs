@@ -30,7 +30,7 @@ use cllm_core::kernels::{Kernels, Portable};
 use cllm_core::model::{self, GptConfig};
 use cllm_core::optim::{self, LrSchedule};
 
-use crate::checkpoint::{self, Checkpoint, CkptError, LoadedCheckpoint, TrainerState};
+use crate::checkpoint::{self, Checkpoint, CkptError, LoadedCheckpoint, LoadedModel, TrainerState};
 use crate::data::{self, DataError, LoadOptions};
 use crate::exec::{ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UpdateSettings};
 use crate::fsutil::{create_dir_all_durable, FsError};
@@ -284,6 +284,8 @@ struct Prepared {
     exec: ExecConfig,
     total_steps: u64,
     resumed: Option<LoadedCheckpoint>,
+    /// `--init-from`: the pretrained model to start from.
+    pretrained: Option<LoadedModel>,
     start_step: u64,
     elapsed_before: f64,
     inject: Option<FailureInjection>,
@@ -312,6 +314,69 @@ fn default_run_dir() -> PathBuf {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     PathBuf::from("runs").join(format!("run-{secs}"))
+}
+
+/// `--init-from DIR`: reads the model directory and makes `cfg` describe
+/// its architecture and tokenizer. A flag given on the command line that
+/// says otherwise is an error, not silently overridden.
+fn init_from(
+    cfg: &mut RunConfig,
+    dir: &Path,
+    explicit: &[&str],
+    obs: &mut dyn Observer,
+) -> Result<LoadedModel, TrainError> {
+    let m = checkpoint::load_model_dir(dir)?;
+    let c = &m.config;
+    let contradicts = |field: &str, given: String, theirs: String| {
+        TrainError::Config(ConfigError(format!(
+            "{} {given} contradicts --init-from {} ({theirs}): fine-tuning keeps the \
+             checkpoint's architecture and tokenizer; drop the flag",
+            config::flag_name(field),
+            dir.display()
+        )))
+    };
+    for (field, given, theirs, name) in [
+        ("embed_dim", cfg.embed_dim, c.n_embd, "n_embd"),
+        ("num_layers", cfg.num_layers, c.n_layer, "n_layer"),
+        ("num_heads", cfg.num_heads, c.n_head, "n_head"),
+        ("context", cfg.context_len(), c.n_positions, "n_positions"),
+        ("vocab_size", cfg.vocab_size, c.vocab_size, "vocab_size"),
+    ] {
+        if explicit.contains(&field) && given != theirs {
+            return Err(contradicts(
+                field,
+                given.to_string(),
+                format!("{name} {theirs}"),
+            ));
+        }
+    }
+    for field in ["tokenizer", "tokenizer_path"] {
+        if explicit.contains(&field) {
+            return Err(contradicts(
+                field,
+                "(given)".to_string(),
+                format!("its own {} tokenizer", m.tokenizer.kind()),
+            ));
+        }
+    }
+    cfg.embed_dim = c.n_embd;
+    cfg.num_layers = c.n_layer;
+    cfg.num_heads = c.n_head;
+    cfg.context = Some(c.n_positions);
+    cfg.tokenizer = m.tokenizer.kind().into();
+    cfg.validate()?;
+    obs.message(&format!(
+        "init from {}: {} layers, {} heads, n_embd {}, context {}, vocab {} ({} tokenizer, {} ids)",
+        dir.display(),
+        c.n_layer,
+        c.n_head,
+        c.n_embd,
+        c.n_positions,
+        c.vocab_size,
+        m.tokenizer.kind(),
+        m.tokenizer.vocab_size()
+    ));
+    Ok(m)
 }
 
 /// Trains the tokenizer; on a long bpe training, a progress line every few
@@ -410,6 +475,10 @@ fn prepare(
     };
     let mut cfg = cfg;
     cfg.out = Some(run_dir.clone());
+    let pretrained = match (cfg.init_from.clone(), &resumed) {
+        (Some(dir), None) => Some(init_from(&mut cfg, &dir, explicit, obs)?),
+        _ => None,
+    };
 
     // Data.
     let data_path = cfg.data.clone().ok_or_else(|| {
@@ -439,8 +508,9 @@ fn prepare(
             )));
         }
     }
-    let tokenizer = match &resumed {
-        Some(ck) => {
+    let tokenizer = match (&resumed, &pretrained) {
+        (None, Some(m)) => m.tokenizer.clone(),
+        (Some(ck), _) => {
             let t = ck.model.tokenizer.clone();
             if t.kind() != cfg.tokenizer.into() {
                 return Err(TrainError::Resume(format!(
@@ -452,7 +522,7 @@ fn prepare(
             }
             t
         }
-        None => match &cfg.tokenizer_path {
+        (None, None) => match &cfg.tokenizer_path {
             Some(path) => {
                 let t = Tokenizer::load_path(path)?;
                 cfg.tokenizer = t.kind().into();
@@ -488,8 +558,15 @@ fn prepare(
     };
 
     // Model and hierarchy shape.
+    // A checkpoint's vocabulary may be padded beyond its tokenizer's (e.g.
+    // 50,304 for GPT-2's 50,257 tokens); the checkpoint's size stands.
+    let saved_vocab = resumed
+        .as_ref()
+        .map(|ck| &ck.model.config)
+        .or(pretrained.as_ref().map(|m| &m.config))
+        .map(|c| c.vocab_size);
     let model = GptConfig {
-        vocab_size: tokenizer.vocab_size(),
+        vocab_size: saved_vocab.unwrap_or(tokenizer.vocab_size()),
         n_positions: cfg.context_len(),
         n_embd: cfg.embed_dim,
         n_layer: cfg.num_layers,
@@ -565,6 +642,7 @@ fn prepare(
         exec,
         total_steps,
         resumed,
+        pretrained,
         start_step,
         elapsed_before,
         inject: opts.inject_failure,
@@ -736,12 +814,19 @@ where
             };
             (params, moments)
         }
-        None => {
-            let mut params = vec![0.0f32; p];
-            model::init_params(&prep.model, &mut params, cfg.seed)
-                .map_err(|e| ConfigError(format!("invalid model: {e}")))?;
-            (params, None)
-        }
+        None => match &prep.pretrained {
+            Some(m) => {
+                let from = cfg.init_from.clone().unwrap_or_default();
+                let params = layout.flatten(&from.join(checkpoint::MODEL_FILE), &m.model)?;
+                (params, None)
+            }
+            None => {
+                let mut params = vec![0.0f32; p];
+                model::init_params(&prep.model, &mut params, cfg.seed)
+                    .map_err(|e| ConfigError(format!("invalid model: {e}")))?;
+                (params, None)
+            }
+        },
     };
     let source: Arc<dyn crate::exec::UnitSource> = prep.source.clone();
     let mut h =

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 
-use super::{read_file, CkptError};
+use super::CkptError;
 use crate::fsutil::{fsync_dir, fsync_file, parent_dir, temp_sibling, FsError};
 
 /// A borrowed tensor to write: `data.len()` must equal the product of
@@ -196,8 +196,41 @@ fn describe_st_error(e: &SafeTensorError, file_len: usize) -> String {
 /// header cannot cause an allocation beyond the file size. Only F32 tensors
 /// are accepted.
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>, CkptError> {
-    let bytes = read_file(path)?;
-    parse_safetensors(path, &bytes)
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            CkptError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            CkptError::Io(FsError::new("read", path, e))
+        }
+    })?;
+    // Mapped, not read: a 124M-parameter model is 500 MB, and only the f32
+    // copy needs to be in memory. Safety: cllm replaces model files by
+    // renaming, never rewrites them in place; another program truncating
+    // the file while it is read is outside what a reader can guard against.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| CkptError::Io(FsError::new("map", path, e)))?;
+    parse_safetensors(path, &map)
+}
+
+/// IEEE half precision to f32 (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        // Subnormal: frac · 2^-24, exact in f32.
+        (0, f) => {
+            let v = f as f32 * 2f32.powi(-24);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, f) => sign | 0x7fc0_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
 }
 
 /// Parses safetensors bytes (see [`read_safetensors`]); `path` is only used
@@ -218,27 +251,41 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<NamedTensor>, 
     let mut out = Vec::with_capacity(infos.len());
     for (name, _) in infos {
         let view = st.tensor(&name).map_err(st_err)?;
-        if view.dtype() != Dtype::F32 {
-            return Err(CkptError::Tensor {
-                path: path.to_path_buf(),
-                name,
-                reason: format!("dtype {:?} is not supported (only F32)", view.dtype()),
-            });
-        }
+        let width = match view.dtype() {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(CkptError::Tensor {
+                    path: path.to_path_buf(),
+                    name,
+                    reason: format!("dtype {other:?} is not supported (F32, F16 or BF16)"),
+                })
+            }
+        };
         let shape = view.shape().to_vec();
         let data = view.data();
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if n.and_then(|n| n.checked_mul(4)) != Some(data.len()) {
+        if n.and_then(|n| n.checked_mul(width)) != Some(data.len()) {
             return Err(CkptError::Tensor {
                 path: path.to_path_buf(),
                 name,
                 reason: format!("shape {shape:?} does not match {} data bytes", data.len()),
             });
         }
-        let values = data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let values = match view.dtype() {
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+                .collect(),
+            _ => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        };
         out.push(NamedTensor {
             name,
             shape,
@@ -246,4 +293,25 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<NamedTensor>, 
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn f16_converts_exactly() {
+        use super::f16_to_f32;
+        for (h, want) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x0001, 2f32.powi(-24)),
+            (0x8001, -(2f32.powi(-24))),
+            (0x03ff, 1023.0 * 2f32.powi(-24)),
+            (0x7bff, 65504.0),
+            (0x7c00, f32::INFINITY),
+            (0x0000, 0.0),
+        ] {
+            assert_eq!(f16_to_f32(h).to_bits(), want.to_bits(), "{h:#06x}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
 }

@@ -281,6 +281,9 @@ pub struct RunConfig {
     /// directory with one or with GPT-2's `vocab.json` + `merges.txt`)
     /// instead of training one.
     pub tokenizer_path: Option<PathBuf>,
+    /// `--init-from DIR`: start from the weights of a GPT-2 model directory
+    /// (Hugging Face layout) and its tokenizer, keeping its architecture.
+    pub init_from: Option<PathBuf>,
     /// Vocabulary size of the word and bpe tokenizers (byte is 256, char is the
     /// characters of the data).
     pub vocab_size: usize,
@@ -359,6 +362,7 @@ impl Default for RunConfig {
             data: None,
             tokenizer: TokenizerChoice::Byte,
             tokenizer_path: None,
+            init_from: None,
             vocab_size: d::VOCAB_SIZE,
             max_file_bytes: d::MAX_FILE_BYTES,
             val_fraction: d::VAL_FRACTION,

@@ -295,9 +295,12 @@ impl Observer for Progress {
         }
     }
     fn record(&mut self, r: &MetricsRecord) {
+        let bpb = r
+            .val_bits_per_byte
+            .map_or(String::new(), |b| format!(" ({b:.3} bits/byte)"));
         let val = r
             .val_loss
-            .map_or(String::new(), |v| format!(" | val {v:.4}"));
+            .map_or(String::new(), |v| format!(" | val {v:.4}{bpb}"));
         let text = format!(
             "step {} | loss {:.4}{val} | lr {:.2e} | grad norm {:.3} | {:.0} tok/s | {:.1}s",
             r.step, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s, r.elapsed_s
@@ -405,9 +408,12 @@ fn run() -> Result<(), String> {
     };
     let outcome =
         trainer::train(cfg, &explicit, &opts, &mut progress).map_err(|e| e.to_string())?;
+    let bpb = outcome
+        .val_bits_per_byte
+        .map_or(String::new(), |b| format!(" ({b:.3} bits/byte)"));
     let val = outcome
         .val_loss
-        .map_or(String::new(), |v| format!(", val loss {v:.4}"));
+        .map_or(String::new(), |v| format!(", val loss {v:.4}{bpb}"));
     let train_loss = outcome
         .train_loss
         .map_or(String::new(), |v| format!(", train loss {v:.4}"));

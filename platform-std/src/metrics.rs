@@ -29,6 +29,10 @@ pub struct MetricsRecord {
     /// Validation loss, when evaluated at this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
+    /// The validation loss in bits per byte of text (byte, char and bpe
+    /// tokenizers), so that runs with different tokenizers compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bits_per_byte: Option<f64>,
     /// Learning rate used.
     #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,

@@ -191,6 +191,8 @@ pub struct TrainOutcome {
     pub train_loss: Option<f32>,
     /// Last validation loss (`None` without validation data or steps).
     pub val_loss: Option<f32>,
+    /// It in bits per byte of text (byte, char and bpe tokenizers).
+    pub val_bits_per_byte: Option<f64>,
     /// Wall time of this invocation's training loop, in seconds.
     pub train_seconds: f64,
     /// The final model.
@@ -286,6 +288,8 @@ struct Prepared {
     resumed: Option<LoadedCheckpoint>,
     /// `--init-from`: the pretrained model to start from.
     pretrained: Option<LoadedModel>,
+    /// Converts the validation loss to bits per byte.
+    bpb_per_nat: Option<f64>,
     start_step: u64,
     elapsed_before: f64,
     inject: Option<FailureInjection>,
@@ -616,6 +620,7 @@ fn prepare(
         cfg.micro_batch,
         cfg.seq_len,
     ));
+    let bpb_per_nat = source.bits_per_byte_per_nat(&tokenizer);
     let mut saved_config = serde_json::to_value(&cfg).expect("a RunConfig serializes");
     if let Value::Object(m) = &mut saved_config {
         m.insert("corpus".to_string(), corpus_json(corpus_bytes, fp));
@@ -643,6 +648,7 @@ fn prepare(
         total_steps,
         resumed,
         pretrained,
+        bpb_per_nat,
         start_step,
         elapsed_before,
         inject: opts.inject_failure,
@@ -980,6 +986,7 @@ where
                 step: done,
                 train_loss: sum_loss / n_loss.max(1) as f64,
                 val_loss: val.map(f64::from),
+                val_bits_per_byte: val.and_then(|v| Some(f64::from(v) * prep.bpb_per_nat?)),
                 lr: lr as f64,
                 grad_norm: stats.grad_norm as f64,
                 tokens_per_s: n_loss as f64 * tokens_per_step / step_time.max(1e-9),
@@ -1017,6 +1024,7 @@ where
         steps: total.max(start),
         train_loss: last_loss,
         val_loss: last_val,
+        val_bits_per_byte: last_val.and_then(|v| Some(f64::from(v) * prep.bpb_per_nat?)),
         train_seconds,
         model,
     })

@@ -10,6 +10,7 @@ fn rec(step: u64, loss: f64, val: Option<f64>) -> MetricsRecord {
         step,
         train_loss: loss,
         val_loss: val,
+        val_bits_per_byte: None,
         lr: 1e-3,
         grad_norm: 0.5,
         tokens_per_s: 1000.0,

@@ -2,6 +2,7 @@
 
 use crate::data::{self, Split, TokenStore};
 use crate::exec::UnitSource;
+use crate::tokenizer::Tokenizer;
 
 /// Training and evaluation units of a token store.
 ///
@@ -47,6 +48,28 @@ impl CorpusSource {
     /// Validation windows evaluated.
     pub fn eval_windows(&self) -> usize {
         self.eval_starts.len()
+    }
+
+    /// Bits per byte of text for each nat of mean evaluation loss: the
+    /// target tokens of the evaluation windows over their bytes, over ln 2.
+    /// `None` without windows or for the word tokenizer, whose decoding
+    /// does not give the text back.
+    pub fn bits_per_byte_per_nat(&self, tokenizer: &Tokenizer) -> Option<f64> {
+        if matches!(tokenizer, Tokenizer::Word(_)) || self.eval_starts.is_empty() {
+            return None;
+        }
+        let n = self.eval_starts.len() * self.seq_len;
+        let (mut tokens, mut targets) = (vec![0u32; n], vec![0u32; n]);
+        data::fill_windows(
+            &self.store,
+            &self.eval_starts,
+            self.seq_len,
+            &mut tokens,
+            &mut targets,
+        )
+        .ok()?;
+        let bytes = tokenizer.decode_bytes(&targets).ok()?.len();
+        (bytes > 0).then(|| n as f64 / (bytes as f64 * std::f64::consts::LN_2))
     }
 }
 

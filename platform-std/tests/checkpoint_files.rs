@@ -156,14 +156,21 @@ fn safetensors_reader_rejects_bad_files() {
         ),
         "overflows",
     );
-    // Wrong dtype.
+    // Unsupported dtype (F16 and BF16 are read, converted exactly).
     expect_st_error(
         &raw_file(
-            r#"{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#,
-            4,
+            r#"{"w":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#,
+            8,
         ),
-        "dtype F16 is not supported",
+        "dtype I32 is not supported (F32, F16 or BF16)",
     );
+    let mut half = raw_file(
+        r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"BF16","shape":[1],"data_offsets":[4,6]}}"#,
+        0,
+    );
+    half.extend_from_slice(&[0x00, 0x3c, 0x00, 0xc0, 0x80, 0x3f]); // 1.0, -2.0 | 1.0
+    let t = parse_safetensors(Path::new("x.safetensors"), &half).unwrap();
+    assert_eq!((t[0].data.as_slice(), t[1].data.as_slice()), (&[1.0, -2.0][..], &[1.0][..]));
     // Gaps between tensors.
     expect_st_error(
         &raw_file(

@@ -320,6 +320,76 @@ fn default_run_dir() -> PathBuf {
     PathBuf::from("runs").join(format!("run-{secs}"))
 }
 
+/// The tokenizer: the checkpoint's when resuming (it must be the kind the
+/// configuration names), the pretrained model's with `--init-from`, the one
+/// at `--tokenizer PATH`, or one trained on `text`.
+fn choose_tokenizer(
+    cfg: &mut RunConfig,
+    resumed: &Option<LoadedCheckpoint>,
+    pretrained: &Option<LoadedModel>,
+    text: &[u8],
+    obs: &mut dyn Observer,
+) -> Result<Tokenizer, TrainError> {
+    Ok(match (resumed, pretrained) {
+        (None, Some(m)) => m.tokenizer.clone(),
+        (Some(ck), _) => {
+            let t = ck.model.tokenizer.clone();
+            if t.kind() != cfg.tokenizer.into() {
+                return Err(TrainError::Resume(format!(
+                    "checkpoint {} has a {} tokenizer but its configuration says {}",
+                    ck.dir.display(),
+                    t.kind(),
+                    cfg.tokenizer
+                )));
+            }
+            t
+        }
+        (None, None) => match &cfg.tokenizer_path {
+            Some(path) => {
+                let t = Tokenizer::load_path(path)?;
+                cfg.tokenizer = t.kind().into();
+                obs.message(&format!(
+                    "tokenizer: {} ({}, {} ids)",
+                    path.display(),
+                    t.kind(),
+                    t.vocab_size()
+                ));
+                t
+            }
+            None => train_tokenizer(cfg, text, obs)?,
+        },
+    })
+}
+
+/// A resumed checkpoint's `config.json` must describe the model the run
+/// configuration builds.
+fn check_resumed_model(
+    ck: &LoadedCheckpoint,
+    model: &GptConfig,
+    tokenizer: &Tokenizer,
+) -> Result<(), TrainError> {
+    let hf = tensors::hf_config(model, tokenizer);
+    if ck.model.config != hf {
+        return Err(TrainError::Resume(format!(
+            "checkpoint {}: config.json ({} layers, {} heads, n_embd {}, context {}, vocab {}) \
+             does not match the run configuration ({} layers, {} heads, n_embd {}, context {}, \
+             vocab {})",
+            ck.dir.display(),
+            ck.model.config.n_layer,
+            ck.model.config.n_head,
+            ck.model.config.n_embd,
+            ck.model.config.n_positions,
+            ck.model.config.vocab_size,
+            hf.n_layer,
+            hf.n_head,
+            hf.n_embd,
+            hf.n_positions,
+            hf.vocab_size
+        )));
+    }
+    Ok(())
+}
+
 /// `--init-from DIR`: reads the model directory and makes `cfg` describe
 /// its architecture and tokenizer. A flag given on the command line that
 /// says otherwise is an error, not silently overridden.
@@ -432,15 +502,14 @@ fn train_tokenizer(
     Ok(tok)
 }
 
-fn prepare(
+/// The run's configuration, the checkpoint it resumes (if any) and its
+/// directory. Resume: the checkpoint's configuration is authoritative.
+fn resolve_run(
     given: RunConfig,
     explicit: &[&str],
-    opts: &TrainOptions,
     obs: &mut dyn Observer,
-) -> Result<Prepared, TrainError> {
-    given.validate()?;
-    // Resume: the checkpoint's configuration is authoritative.
-    let (cfg, resumed, run_dir) = match &given.resume {
+) -> Result<(RunConfig, Option<LoadedCheckpoint>, PathBuf), TrainError> {
+    match &given.resume {
         Some(path) => {
             let dir = checkpoint::resolve_resume(path)?;
             let ck = checkpoint::load_checkpoint(&dir)?;
@@ -461,7 +530,7 @@ fn prepare(
                 dir.display(),
                 ck.state.step
             ));
-            (cfg, Some(ck), run_dir)
+            Ok((cfg, Some(ck), run_dir))
         }
         None => {
             let run_dir = given.out.clone().unwrap_or_else(default_run_dir);
@@ -474,9 +543,19 @@ fn prepare(
                     run_dir.display()
                 )));
             }
-            (given, None, run_dir)
+            Ok((given, None, run_dir))
         }
-    };
+    }
+}
+
+fn prepare(
+    given: RunConfig,
+    explicit: &[&str],
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+) -> Result<Prepared, TrainError> {
+    given.validate()?;
+    let (cfg, resumed, run_dir) = resolve_run(given, explicit, obs)?;
     let mut cfg = cfg;
     cfg.out = Some(run_dir.clone());
     let pretrained = match (cfg.init_from.clone(), &resumed) {
@@ -512,35 +591,7 @@ fn prepare(
             )));
         }
     }
-    let tokenizer = match (&resumed, &pretrained) {
-        (None, Some(m)) => m.tokenizer.clone(),
-        (Some(ck), _) => {
-            let t = ck.model.tokenizer.clone();
-            if t.kind() != cfg.tokenizer.into() {
-                return Err(TrainError::Resume(format!(
-                    "checkpoint {} has a {} tokenizer but its configuration says {}",
-                    ck.dir.display(),
-                    t.kind(),
-                    cfg.tokenizer
-                )));
-            }
-            t
-        }
-        (None, None) => match &cfg.tokenizer_path {
-            Some(path) => {
-                let t = Tokenizer::load_path(path)?;
-                cfg.tokenizer = t.kind().into();
-                obs.message(&format!(
-                    "tokenizer: {} ({}, {} ids)",
-                    path.display(),
-                    t.kind(),
-                    t.vocab_size()
-                ));
-                t
-            }
-            None => train_tokenizer(&cfg, corpus.bytes(), obs)?,
-        },
-    };
+    let tokenizer = choose_tokenizer(&mut cfg, &resumed, &pretrained, corpus.bytes(), obs)?;
     let store = corpus.into_tokens(&tokenizer)?;
     data::check_len(store.len(), cfg.seq_len)?;
     let (train, val) = data::split_train_val(store.len(), cfg.val_fraction)?;
@@ -580,25 +631,7 @@ fn prepare(
         .validate()
         .map_err(|e| ConfigError(format!("invalid model: {e}")))?;
     if let Some(ck) = &resumed {
-        let hf = tensors::hf_config(&model, &tokenizer);
-        if ck.model.config != hf {
-            return Err(TrainError::Resume(format!(
-                "checkpoint {}: config.json ({} layers, {} heads, n_embd {}, context {}, vocab {}) \
-                 does not match the run configuration ({} layers, {} heads, n_embd {}, context {}, \
-                 vocab {})",
-                ck.dir.display(),
-                ck.model.config.n_layer,
-                ck.model.config.n_head,
-                ck.model.config.n_embd,
-                ck.model.config.n_positions,
-                ck.model.config.vocab_size,
-                hf.n_layer,
-                hf.n_head,
-                hf.n_embd,
-                hf.n_positions,
-                hf.vocab_size
-            )));
-        }
+        check_resumed_model(ck, &model, &tokenizer)?;
     }
     let shape = cfg.shape()?;
     let exec = ExecConfig {
@@ -787,6 +820,11 @@ fn plot_title(cfg: &RunConfig) -> String {
     )
 }
 
+// Long (about 240 lines) on purpose: the step loop's locals (timers,
+// running loss sums, the last checkpoint, the metrics records) are read and
+// written by every phase of a step (evaluate, log, save, the injected
+// delay); split up, they would travel as one struct of a dozen mutable
+// fields, and the order of a step would no longer be read top to bottom.
 fn run_loop<A, K>(
     prep: Prepared,
     acc: A,

@@ -170,7 +170,10 @@ fn safetensors_reader_rejects_bad_files() {
     );
     half.extend_from_slice(&[0x00, 0x3c, 0x00, 0xc0, 0x80, 0x3f]); // 1.0, -2.0 | 1.0
     let t = parse_safetensors(Path::new("x.safetensors"), &half).unwrap();
-    assert_eq!((t[0].data.as_slice(), t[1].data.as_slice()), (&[1.0, -2.0][..], &[1.0][..]));
+    assert_eq!(
+        (t[0].data.as_slice(), t[1].data.as_slice()),
+        (&[1.0, -2.0][..], &[1.0][..])
+    );
     // Gaps between tensors.
     expect_st_error(
         &raw_file(

@@ -16,6 +16,14 @@ use super::shared::{Local, Shared, Span};
 use super::{ExecError, UpdateSettings, MAX_THREADS};
 
 impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
+    /// One worker's part of a training job: its units, the reduction, the
+    /// finish and the update.
+    // Long (about 190 lines) on purpose: the phases are separated by
+    // barriers (`self.wait()`) that every worker must reach in the same
+    // order, and the SAFETY arguments of each phase lean on the barrier
+    // before it; kept in one function, the order and the reasoning are
+    // read top to bottom. The phases' work is in compute.rs, reduce.rs and
+    // update.rs.
     pub(super) fn train(
         &self,
         id: usize,

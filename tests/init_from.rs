@@ -19,6 +19,9 @@ use cllm_std::tokenizer::byte_chars;
 
 const GPT2_VOCAB: usize = 50_257;
 
+/// Tensors as written: name, shape, values.
+type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 #[derive(Clone, Copy)]
 struct Shape {
     n_layer: usize,
@@ -142,7 +145,7 @@ fn values(name: &str, n: usize, seed: &mut u64) -> Vec<f32> {
         .collect()
 }
 
-fn write_weights(dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+fn write_weights(dir: &Path, tensors: &Tensors) {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -165,7 +168,7 @@ fn write_weights(dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
 fn gpt2_dir(dir: &Path, sh: Shape, style: Style) {
     fs::create_dir_all(dir).unwrap();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tensor_shapes(sh, style)
+    let mut tensors: Tensors = tensor_shapes(sh, style)
         .into_iter()
         .map(|(n, s)| {
             let d = values(&n, s.iter().product(), &mut seed);
@@ -349,9 +352,9 @@ fn bad_checkpoints_are_one_line_errors() {
         fs::remove_file(d.join("merges.txt")).unwrap();
     });
     let bad_tok = variant("badtok", &|d| fs::write(d.join("vocab.json"), "{").unwrap());
-    let rewrite = |d: &Path, f: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| {
+    let rewrite = |d: &Path, f: &dyn Fn(&mut Tensors)| {
         let p = d.join("model.safetensors");
-        let mut t: Vec<(String, Vec<usize>, Vec<f32>)> = read_safetensors(&p)
+        let mut t: Tensors = read_safetensors(&p)
             .unwrap()
             .into_iter()
             .map(|t| (t.name, t.shape, t.data))

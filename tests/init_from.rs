@@ -463,3 +463,27 @@ fn bad_tokenizer_flags_are_clear_errors() {
         fs::read(&tok).unwrap()
     );
 }
+
+/// A run written before `--tokenizer PATH` and `--init-from` existed (its
+/// saved configuration lacks both fields) still resumes.
+#[test]
+fn runs_of_earlier_versions_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_corpus(tmp.path());
+    let out = tmp.path().join("old");
+    let mut args = vec![s(&data), "--out", s(&out), "--steps", "2", "--threads", "1"];
+    args.extend(tiny());
+    assert_ok(&train(&args, &[]));
+    let state = out.join("checkpoint-2").join("trainer_state.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+    let cfg = doc["config"].as_object_mut().unwrap();
+    assert!(cfg.remove("tokenizer_path").is_some());
+    assert!(cfg.remove("init_from").is_some());
+    fs::write(&state, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let o = train(
+        &["--resume", s(&out), "--steps", "3", "--sample-tokens", "0"],
+        &[],
+    );
+    assert_ok(&o);
+    assert!(stdout(&o).contains("done: 3 steps"), "{}", stdout(&o));
+}

@@ -197,3 +197,44 @@ fn bad_tokenizer_files_are_one_line_errors() {
     let e = Tokenizer::load(p).unwrap_err().to_string();
     assert!(e.contains("vocab.json") && !e.contains('\n'), "{e}");
 }
+
+/// Random damage to a Hugging Face `tokenizer.json` is an error or a
+/// usable tokenizer, never a panic.
+#[test]
+fn random_corruption_of_a_hugging_face_file_never_panics() {
+    let tok = trained(300);
+    let dir = tempfile::tempdir().unwrap();
+    tok.save(dir.path()).unwrap();
+    let json = fs::read(dir.path().join(TOKENIZER_FILE)).unwrap();
+    let mut x: u64 = 0x5eed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut errors = 0;
+    for _ in 0..400 {
+        let mut j = json.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % j.len() as u64) as usize;
+            j[at] = match next() % 4 {
+                0 => b'"',
+                1 => b'0' + (next() % 10) as u8,
+                2 => b'}',
+                _ => next() as u8,
+            };
+        }
+        match Tokenizer::from_bytes(&j, None) {
+            Ok(t) => {
+                let _ = t.encode("the fox");
+                let _ = t.decode(&[0, 1, 2]);
+            }
+            Err(e) => {
+                errors += 1;
+                assert!(!e.to_string().contains('\n'), "{e}");
+            }
+        }
+    }
+    assert!(errors > 100, "only {errors} of 400 corruptions detected");
+}

@@ -15,6 +15,7 @@
 //! on m, n or where the element falls in a tile (splitting rows across work
 //! units does not change bits).
 
+use super::dispatch::Ops;
 use super::Isa;
 use std::cell::RefCell;
 
@@ -333,9 +334,10 @@ pub(super) fn sgemm_mul_with(
     check_view("F", f.len(), m, n, rsc, 1);
     if !kernel_writes_row_major(isa, m, k, n, rsc) {
         sgemm_with(isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false);
+        let ops = Ops::of(isa);
         for i in 0..m {
             let row = i * rsc..i * rsc + n;
-            super::elementwise::mul_in_place(isa, &mut c[row.clone()], &f[row]);
+            ops.mul_in_place(&mut c[row.clone()], &f[row]);
         }
         return;
     }
@@ -370,11 +372,7 @@ fn run_checked(
 ) {
     check_view("A", a.len(), m, k, rsa, csa);
     check_view("B", b.len(), k, n, rsb, csb);
-    assert!(
-        isa.supported(),
-        "gemm: {} is not supported here",
-        isa.name()
-    );
+    let ops = Ops::of(isa);
     let args = Args {
         m,
         k,
@@ -392,34 +390,9 @@ fn run_checked(
         bias,
         epilogue,
     };
-    // SAFETY: the caller checked C; A and B were checked above, `isa` was
-    // asserted supported, and a non-null bias holds `n` floats.
-    unsafe { run_isa(isa, &args) }
-}
-
-/// Runs checked `args` on `isa`.
-///
-/// # Safety
-/// `args` satisfies the [`Args`] invariants (views checked against their
-/// slices) and `isa` is supported by this CPU.
-unsafe fn run_isa(isa: Isa, args: &Args) {
-    match isa {
-        Isa::Scalar => gemm_scalar(args),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => super::x86::gemm::sgemm_avx2(args),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => super::x86::gemm::sgemm_avx512(args),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Amx => {
-            if !super::amx_pays(args.m, args.k, args.n) {
-                super::x86::gemm::sgemm_avx512(args)
-            } else {
-                super::x86::amx::sgemm_amx(args)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("x86 ISA reported as supported elsewhere"),
-    }
+    // SAFETY: the caller checked C, A and B were checked above, and a
+    // non-null bias holds `n` floats.
+    unsafe { ops.gemm(&args) }
 }
 
 /// Checked GEMM arguments as raw pointers; `m, n, k ≥ 1` and every view
@@ -450,7 +423,7 @@ pub(super) struct Args {
 ///
 /// # Safety
 /// `args` satisfies the [`Args`] invariants.
-unsafe fn gemm_scalar(g: &Args) {
+pub(super) unsafe fn gemm_scalar(g: &Args) {
     for i in 0..g.m {
         let crow = g.c.add(i * g.rsc);
         if !g.accumulate {

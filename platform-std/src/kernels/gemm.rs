@@ -60,14 +60,6 @@ pub(super) trait MicroKernel {
         bias: *const f32,
     );
 
-    /// [`apply_epilogue`] instantiated for this kernel's ISA, out of line:
-    /// inlined into [`drive`], GELU's body would crowd the registers of the
-    /// micro-kernel loop around it.
-    ///
-    /// # Safety
-    /// As for [`apply_epilogue`]; the CPU supports the kernel's ISA.
-    unsafe fn epilogue(e: Epilogue, c: *mut f32, off: usize, rows: usize, len: usize, rsc: usize);
-
     /// Packs one panel of a B stored by columns: `dst[p*NR + j] = b[j*csb + p]`
     /// for `p < kc, j < nr`, zero for `nr ≤ j < NR`.
     ///
@@ -275,32 +267,29 @@ pub(super) enum Epilogue {
     },
 }
 
-/// Applies `e` to `rows` rows of `len` floats of C (row stride `rsc`) from
-/// `off` floats past C's start (the same offset into `out` or `F`).
-///
-/// # Safety
-/// Those rows of C are writable and the matching ones of `out` / `F` valid.
-#[inline(always)]
-pub(super) unsafe fn apply_epilogue<V: super::simd::Vf32>(
-    e: Epilogue,
-    c: *mut f32,
-    off: usize,
-    rows: usize,
-    len: usize,
-    rsc: usize,
-) {
-    for i in 0..rows {
-        epilogue_row::<V>(e, c.add(off + i * rsc), off + i * rsc, len);
-    }
-}
-
-#[inline(always)]
-unsafe fn epilogue_row<V: super::simd::Vf32>(e: Epilogue, c: *mut f32, off: usize, len: usize) {
-    let cs = std::slice::from_raw_parts_mut(c, len);
-    match e {
-        Epilogue::None => {}
-        Epilogue::Mul { f } => {
-            super::simd::mul_in_place::<V>(cs, std::slice::from_raw_parts(f.add(off), len))
+impl Epilogue {
+    /// Applies the epilogue to `rows` rows of `len` floats of C (row stride
+    /// `rsc`) from `off` floats past C's start (the same offset into `F`),
+    /// a call of `ops`'s kernel per row: out of line, since inlined into
+    /// [`drive`] an elementwise body would crowd the registers of the
+    /// micro-kernel loop around it.
+    ///
+    /// # Safety
+    /// Those rows of C are writable and the matching ones of `F` valid.
+    pub(super) unsafe fn apply(
+        self,
+        ops: &Ops,
+        c: *mut f32,
+        off: usize,
+        rows: usize,
+        len: usize,
+        rsc: usize,
+    ) {
+        if let Epilogue::Mul { f } = self {
+            for o in (0..rows).map(|i| off + i * rsc) {
+                let row = std::slice::from_raw_parts_mut(c.add(o), len);
+                ops.mul_in_place(row, std::slice::from_raw_parts(f.add(o), len));
+            }
         }
     }
 }
@@ -374,6 +363,7 @@ fn run_checked(
     check_view("B", b.len(), k, n, rsb, csb);
     let ops = Ops::of(isa);
     let args = Args {
+        ops,
         m,
         k,
         n,
@@ -398,6 +388,8 @@ fn run_checked(
 /// Checked GEMM arguments as raw pointers; `m, n, k ≥ 1` and every view
 /// fits its allocation.
 pub(super) struct Args {
+    /// The kernels of the ISA that runs (for the epilogue).
+    pub ops: &'static Ops,
     pub m: usize,
     pub k: usize,
     pub n: usize,
@@ -529,9 +521,9 @@ pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
                         kc, ap, a_rs, a_cs, bp, b_rs, c, g.rsc, g.csc, mr, nr, load_c, bias,
                     );
                 }
-                if pc + kc == g.k && !matches!(g.epilogue, Epilogue::None) {
+                if pc + kc == g.k {
                     // This strip of C is final and still in L1.
-                    K::epilogue(g.epilogue, g.c, ir * g.rsc + jc, mr, nc, g.rsc);
+                    g.epilogue.apply(g.ops, g.c, ir * g.rsc + jc, mr, nc, g.rsc);
                 }
             }
         }

@@ -15,6 +15,7 @@
 //! on m, n or where the element falls in a tile (splitting rows across work
 //! units does not change bits).
 
+use super::dispatch::Ops;
 use super::Isa;
 use std::cell::RefCell;
 
@@ -58,14 +59,6 @@ pub(super) trait MicroKernel {
         load_c: bool,
         bias: *const f32,
     );
-
-    /// [`apply_epilogue`] instantiated for this kernel's ISA, out of line:
-    /// inlined into [`drive`], GELU's body would crowd the registers of the
-    /// micro-kernel loop around it.
-    ///
-    /// # Safety
-    /// As for [`apply_epilogue`]; the CPU supports the kernel's ISA.
-    unsafe fn epilogue(e: Epilogue, c: *mut f32, off: usize, rows: usize, len: usize, rsc: usize);
 
     /// Packs one panel of a B stored by columns: `dst[p*NR + j] = b[j*csb + p]`
     /// for `p < kc, j < nr`, zero for `nr ≤ j < NR`.
@@ -274,32 +267,29 @@ pub(super) enum Epilogue {
     },
 }
 
-/// Applies `e` to `rows` rows of `len` floats of C (row stride `rsc`) from
-/// `off` floats past C's start (the same offset into `out` or `F`).
-///
-/// # Safety
-/// Those rows of C are writable and the matching ones of `out` / `F` valid.
-#[inline(always)]
-pub(super) unsafe fn apply_epilogue<V: super::simd::Vf32>(
-    e: Epilogue,
-    c: *mut f32,
-    off: usize,
-    rows: usize,
-    len: usize,
-    rsc: usize,
-) {
-    for i in 0..rows {
-        epilogue_row::<V>(e, c.add(off + i * rsc), off + i * rsc, len);
-    }
-}
-
-#[inline(always)]
-unsafe fn epilogue_row<V: super::simd::Vf32>(e: Epilogue, c: *mut f32, off: usize, len: usize) {
-    let cs = std::slice::from_raw_parts_mut(c, len);
-    match e {
-        Epilogue::None => {}
-        Epilogue::Mul { f } => {
-            super::simd::mul_in_place::<V>(cs, std::slice::from_raw_parts(f.add(off), len))
+impl Epilogue {
+    /// Applies the epilogue to `rows` rows of `len` floats of C (row stride
+    /// `rsc`) from `off` floats past C's start (the same offset into `F`),
+    /// a call of `ops`'s kernel per row: out of line, since inlined into
+    /// [`drive`] an elementwise body would crowd the registers of the
+    /// micro-kernel loop around it.
+    ///
+    /// # Safety
+    /// Those rows of C are writable and the matching ones of `F` valid.
+    pub(super) unsafe fn apply(
+        self,
+        ops: &Ops,
+        c: *mut f32,
+        off: usize,
+        rows: usize,
+        len: usize,
+        rsc: usize,
+    ) {
+        if let Epilogue::Mul { f } = self {
+            for o in (0..rows).map(|i| off + i * rsc) {
+                let row = std::slice::from_raw_parts_mut(c.add(o), len);
+                ops.mul_in_place(row, std::slice::from_raw_parts(f.add(o), len));
+            }
         }
     }
 }
@@ -333,9 +323,10 @@ pub(super) fn sgemm_mul_with(
     check_view("F", f.len(), m, n, rsc, 1);
     if !kernel_writes_row_major(isa, m, k, n, rsc) {
         sgemm_with(isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false);
+        let ops = Ops::of(isa);
         for i in 0..m {
             let row = i * rsc..i * rsc + n;
-            super::elementwise::mul_in_place(isa, &mut c[row.clone()], &f[row]);
+            ops.mul_in_place(&mut c[row.clone()], &f[row]);
         }
         return;
     }
@@ -370,12 +361,9 @@ fn run_checked(
 ) {
     check_view("A", a.len(), m, k, rsa, csa);
     check_view("B", b.len(), k, n, rsb, csb);
-    assert!(
-        isa.supported(),
-        "gemm: {} is not supported here",
-        isa.name()
-    );
+    let ops = Ops::of(isa);
     let args = Args {
+        ops,
         m,
         k,
         n,
@@ -392,39 +380,16 @@ fn run_checked(
         bias,
         epilogue,
     };
-    // SAFETY: the caller checked C; A and B were checked above, `isa` was
-    // asserted supported, and a non-null bias holds `n` floats.
-    unsafe { run_isa(isa, &args) }
-}
-
-/// Runs checked `args` on `isa`.
-///
-/// # Safety
-/// `args` satisfies the [`Args`] invariants (views checked against their
-/// slices) and `isa` is supported by this CPU.
-unsafe fn run_isa(isa: Isa, args: &Args) {
-    match isa {
-        Isa::Scalar => gemm_scalar(args),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => super::x86::gemm::sgemm_avx2(args),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => super::x86::gemm::sgemm_avx512(args),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Amx => {
-            if !super::amx_pays(args.m, args.k, args.n) {
-                super::x86::gemm::sgemm_avx512(args)
-            } else {
-                super::x86::amx::sgemm_amx(args)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("x86 ISA reported as supported elsewhere"),
-    }
+    // SAFETY: the caller checked C, A and B were checked above, and a
+    // non-null bias holds `n` floats.
+    unsafe { ops.gemm(&args) }
 }
 
 /// Checked GEMM arguments as raw pointers; `m, n, k ≥ 1` and every view
 /// fits its allocation.
 pub(super) struct Args {
+    /// The kernels of the ISA that runs (for the epilogue).
+    pub ops: &'static Ops,
     pub m: usize,
     pub k: usize,
     pub n: usize,
@@ -450,7 +415,7 @@ pub(super) struct Args {
 ///
 /// # Safety
 /// `args` satisfies the [`Args`] invariants.
-unsafe fn gemm_scalar(g: &Args) {
+pub(super) unsafe fn gemm_scalar(g: &Args) {
     for i in 0..g.m {
         let crow = g.c.add(i * g.rsc);
         if !g.accumulate {
@@ -556,9 +521,9 @@ pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
                         kc, ap, a_rs, a_cs, bp, b_rs, c, g.rsc, g.csc, mr, nr, load_c, bias,
                     );
                 }
-                if pc + kc == g.k && !matches!(g.epilogue, Epilogue::None) {
+                if pc + kc == g.k {
                     // This strip of C is final and still in L1.
-                    K::epilogue(g.epilogue, g.c, ir * g.rsc + jc, mr, nc, g.rsc);
+                    g.epilogue.apply(g.ops, g.c, ir * g.rsc + jc, mr, nc, g.rsc);
                 }
             }
         }

@@ -32,15 +32,15 @@
 //! significant bits instead of 24) for GEMMs 2–3× faster than AVX-512 on the
 //! model's shapes (same benchmark); `KernelChoice::Amx` asks for it.
 
-mod elementwise;
+mod dispatch;
 mod gemm;
 mod seam;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use elementwise::AdamW;
 pub use gemm::{sgemm_bias_with, sgemm_with};
+pub use simd::AdamW;
 
 /// Which code path to run. `Auto` picks the widest instruction set the CPU
 /// has; `Portable` forces the scalar code (for comparisons and for
@@ -231,6 +231,11 @@ impl SimdKernels {
         self.isa
     }
 
+    /// This instance's kernels (its ISA was checked at construction).
+    fn ops(&self) -> &'static dispatch::Ops {
+        dispatch::Ops::of(self.isa)
+    }
+
     /// What runs, for logs: "avx512f+fma", "avx2+fma" or "portable".
     pub fn describe(&self) -> String {
         self.isa.name().to_string()
@@ -309,19 +314,19 @@ impl SimdKernels {
     /// `out[i] = gelu(inp[i])`, GPT-2's tanh approximation
     /// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
     pub fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
-        elementwise::gelu_forward(self.isa, out, inp);
+        self.ops().gelu_forward(out, inp);
     }
 
     /// `dinp[i] = gelu'(inp[i]) · dout[i]` (overwrites).
     pub fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-        elementwise::gelu_backward(self.isa, dinp, inp, dout);
+        self.ops().gelu_backward(dinp, inp, dout);
     }
 
     /// `out[i] = gelu(x[i])` and `x[i] = gelu'(x[i])` in one pass: the same
     /// bits as [`Self::gelu_forward`] and as the factor
     /// [`Self::gelu_backward`] applies.
     pub fn gelu_forward_grad(&self, out: &mut [f32], x: &mut [f32]) {
-        elementwise::gelu_forward_grad(self.isa, out, x);
+        self.ops().gelu_forward_grad(out, x);
     }
 
     /// Layer norm over rows of length `c = weight.len()`:
@@ -336,7 +341,8 @@ impl SimdKernels {
         weight: &[f32],
         bias: &[f32],
     ) {
-        elementwise::layernorm_forward(self.isa, out, mean, rstd, inp, weight, bias);
+        self.ops()
+            .layernorm_forward(out, mean, rstd, inp, weight, bias);
     }
 
     /// Backward of [`Self::layernorm_forward`]; accumulates (`+=`) into
@@ -354,56 +360,55 @@ impl SimdKernels {
         mean: &[f32],
         rstd: &[f32],
     ) {
-        elementwise::layernorm_backward(
-            self.isa, dinp, dweight, dbias, dout, inp, weight, mean, rstd,
-        );
+        self.ops()
+            .layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd);
     }
 
     /// Causal softmax of a `t×t` head in place: row `i` is
     /// [`Self::scaled_softmax_row`] of its first `i + 1` entries, then zeros
     /// (those bits, without a call per row).
     pub fn causal_softmax(&self, p: &mut [f32], t: usize, scale: f32) {
-        elementwise::causal_softmax(self.isa, p, t, scale);
+        self.ops().causal_softmax(p, t, scale);
     }
 
     /// Backward of [`Self::causal_softmax`]: row `i` of `d` is
     /// [`Self::softmax_backward_row`] of its first `i + 1` entries, then
     /// zeros.
     pub fn causal_softmax_backward(&self, d: &mut [f32], p: &[f32], t: usize, scale: f32) {
-        elementwise::causal_softmax_backward(self.isa, d, p, t, scale);
+        self.ops().causal_softmax_backward(d, p, t, scale);
     }
 
     /// `out = a + b` (the same bits as the portable kernel).
     pub fn add(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
-        elementwise::add(self.isa, out, a, b);
+        self.ops().add(out, a, b);
     }
 
     /// `out = a ∘ b` (the same bits as the portable kernel).
     pub fn mul(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
-        elementwise::mul(self.isa, out, a, b);
+        self.ops().mul(out, a, b);
     }
 
     /// `acc[j] += Σ_r m[r][j]` over the rows of `m`, each column in row
     /// order (the same bits as the portable kernel).
     pub fn add_rows(&self, acc: &mut [f32], m: &[f32]) {
-        elementwise::add_rows(self.isa, acc, m);
+        self.ops().add_rows(acc, m);
     }
 
     /// `d = p ∘ (d − ⟨p, d⟩)·scale`: softmax backward of one row (the dot
     /// product summed lane-wise, so not the portable bits).
     pub fn softmax_backward_row(&self, d: &mut [f32], p: &[f32], scale: f32) {
-        elementwise::softmax_backward_row(self.isa, d, p, scale);
+        self.ops().softmax_backward_row(d, p, scale);
     }
 
     /// `out = softmax(inp)` over one row (max-subtracted).
     pub fn softmax_row(&self, out: &mut [f32], inp: &[f32]) {
-        elementwise::softmax_row(self.isa, out, inp);
+        self.ops().softmax_row(out, inp);
     }
 
     /// `row = softmax(row·scale)` in place: the bits of scaling the row and
     /// then [`Self::softmax_row`] (with `scale = 1`, of `softmax_row` alone).
     pub fn scaled_softmax_row(&self, row: &mut [f32], scale: f32) {
-        elementwise::scaled_softmax_row(self.isa, row, scale);
+        self.ops().scaled_softmax_row(row, scale);
     }
 
     /// Row softmax over consecutive rows of length `cols`.
@@ -413,8 +418,9 @@ impl SimdKernels {
             return;
         }
         assert_eq!(inp.len() % cols, 0, "softmax_rows: not whole rows");
+        let ops = self.ops();
         for (o, i) in out.chunks_exact_mut(cols).zip(inp.chunks_exact(cols)) {
-            elementwise::softmax_row(self.isa, o, i);
+            ops.softmax_row(o, i);
         }
     }
 
@@ -423,12 +429,12 @@ impl SimdKernels {
         if inp.is_empty() {
             return f32::NEG_INFINITY;
         }
-        elementwise::logsumexp(self.isa, inp)
+        self.ops().logsumexp(inp)
     }
 
     /// `row[i] = exp(row[i] − shift)·scale`.
     pub fn exp_shift_scale(&self, row: &mut [f32], shift: f32, scale: f32) {
-        elementwise::exp_shift_scale(self.isa, row, shift, scale)
+        self.ops().exp_shift_scale(row, shift, scale)
     }
 
     /// One AdamW step over a slice of parameters (see [`AdamW`]).
@@ -440,13 +446,13 @@ impl SimdKernels {
         v: &mut [f32],
         hp: &AdamW,
     ) {
-        elementwise::adamw(self.isa, params, grads, m, v, hp);
+        self.ops().adamw(params, grads, m, v, hp);
     }
 
     /// `out[i] = exp(inp[i])`; exposed so the approximation's accuracy can be
     /// checked against libm.
     pub fn exp(&self, out: &mut [f32], inp: &[f32]) {
-        elementwise::exp(self.isa, out, inp);
+        self.ops().exp(out, inp);
     }
 }
 

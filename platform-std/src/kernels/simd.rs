@@ -1,8 +1,10 @@
 //! A minimal f32 vector abstraction and the elementwise/row kernels written
-//! once over it. Each ISA instantiates the generic kernels inside its own
-//! `#[target_feature]` functions (everything here is `#[inline(always)]`, so
-//! the intrinsics are inlined into code compiled for that ISA); the scalar
-//! path instantiates them with `f32` itself as a one-lane vector.
+//! once over it. `dispatch` instantiates the generic kernels for each ISA
+//! inside its own `#[target_feature]` functions (everything here is
+//! `#[inline(always)]`, so the intrinsics are inlined into code compiled for
+//! that ISA); the scalar path instantiates them with `f32` itself as a
+//! one-lane vector. Each kernel checks its slices' shapes (panicking on a
+//! mismatch), so its only safety condition is the ISA.
 
 /// An f32 vector of `LANES` lanes.
 ///
@@ -259,9 +261,10 @@ unsafe fn st<V: Vf32>(v: V, p: *mut f32, part: Option<usize>) {
 }
 
 /// # Safety
-/// ISA supported; slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn exp<V: Vf32>(out: &mut [f32], inp: &[f32]) {
+    assert_eq!(out.len(), inp.len(), "exp: length mismatch");
     let (o, x) = (out.as_mut_ptr(), inp.as_ptr());
     map::<V>(
         inp.len(),
@@ -271,9 +274,10 @@ pub(crate) unsafe fn exp<V: Vf32>(out: &mut [f32], inp: &[f32]) {
 }
 
 /// # Safety
-/// ISA supported; slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn gelu_forward<V: Vf32>(out: &mut [f32], inp: &[f32]) {
+    assert_eq!(out.len(), inp.len(), "gelu_forward: length mismatch");
     let (o, x) = (out.as_mut_ptr(), inp.as_ptr());
     map::<V>(
         inp.len(),
@@ -283,9 +287,13 @@ pub(crate) unsafe fn gelu_forward<V: Vf32>(out: &mut [f32], inp: &[f32]) {
 }
 
 /// # Safety
-/// ISA supported; slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn gelu_backward<V: Vf32>(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    assert!(
+        dinp.len() == inp.len() && dout.len() == inp.len(),
+        "gelu_backward: length mismatch"
+    );
     let (d, x, g) = (dinp.as_mut_ptr(), inp.as_ptr(), dout.as_ptr());
     map::<V>(
         inp.len(),
@@ -301,9 +309,10 @@ pub(crate) unsafe fn gelu_backward<V: Vf32>(dinp: &mut [f32], inp: &[f32], dout:
 /// [`gelu_forward`] and as the factor [`gelu_backward`] applies.
 ///
 /// # Safety
-/// ISA supported; slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn gelu_forward_grad<V: Vf32>(out: &mut [f32], x: &mut [f32]) {
+    assert_eq!(out.len(), x.len(), "gelu_forward_grad: length mismatch");
     let (o, xp) = (out.as_mut_ptr(), x.as_mut_ptr());
     map::<V>(
         x.len(),
@@ -331,9 +340,15 @@ unsafe fn row_sum<V: Vf32>(n: usize, mut term: impl FnMut(usize, Option<usize>) 
 
 pub(crate) const LN_EPS: f32 = 1e-5;
 
+/// Rows in a `rows × c` buffer, after checking it is whole rows.
+fn rows_of(what: &str, len: usize, c: usize) -> usize {
+    assert!(c > 0, "{what}: zero-width rows");
+    assert_eq!(len % c, 0, "{what}: length {len} is not whole rows of {c}");
+    len / c
+}
+
 /// # Safety
-/// ISA supported; shapes checked by the caller: `inp/out` are `rows × c`
-/// with `c = weight.len() = bias.len() ≥ 1`, `mean/rstd` hold `rows`.
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn layernorm_forward<V: Vf32>(
     out: &mut [f32],
@@ -344,6 +359,11 @@ pub(crate) unsafe fn layernorm_forward<V: Vf32>(
     bias: &[f32],
 ) {
     let c = weight.len();
+    let rows = rows_of("layernorm_forward", inp.len(), c);
+    assert!(
+        bias.len() == c && out.len() == inp.len() && mean.len() == rows && rstd.len() == rows,
+        "layernorm_forward: shape mismatch"
+    );
     let (w, b) = (weight.as_ptr(), bias.as_ptr());
     for (r, (orow, xrow)) in out.chunks_exact_mut(c).zip(inp.chunks_exact(c)).enumerate() {
         let (o, x) = (orow.as_mut_ptr(), xrow.as_ptr());
@@ -379,8 +399,7 @@ pub(crate) unsafe fn layernorm_forward<V: Vf32>(
 }
 
 /// # Safety
-/// ISA supported; shapes checked by the caller (as for the forward, with
-/// `dinp/dout` like `inp` and `dweight/dbias` like `weight`).
+/// The CPU supports `V`'s instruction set.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) unsafe fn layernorm_backward<V: Vf32>(
@@ -394,6 +413,16 @@ pub(crate) unsafe fn layernorm_backward<V: Vf32>(
     rstd: &[f32],
 ) {
     let c = weight.len();
+    let n_rows = rows_of("layernorm_backward", inp.len(), c);
+    assert!(
+        dweight.len() == c
+            && dbias.len() == c
+            && dinp.len() == inp.len()
+            && dout.len() == inp.len()
+            && mean.len() == n_rows
+            && rstd.len() == n_rows,
+        "layernorm_backward: shape mismatch"
+    );
     let w = weight.as_ptr();
     let (dw, db) = (dweight.as_mut_ptr(), dbias.as_mut_ptr());
     let rows = dinp
@@ -447,7 +476,7 @@ pub(crate) unsafe fn layernorm_backward<V: Vf32>(
 /// returned as they are, like the portable kernel.
 ///
 /// # Safety
-/// ISA supported.
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn logsumexp<V: Vf32>(inp: &[f32]) -> f32 {
     let n = inp.len();
@@ -481,7 +510,7 @@ pub(crate) unsafe fn logsumexp<V: Vf32>(inp: &[f32]) -> f32 {
 /// the target).
 ///
 /// # Safety
-/// ISA supported.
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn exp_shift_scale<V: Vf32>(row: &mut [f32], shift: f32, scale: f32) {
     let o = row.as_mut_ptr();
@@ -497,9 +526,13 @@ pub(crate) unsafe fn exp_shift_scale<V: Vf32>(row: &mut [f32], shift: f32, scale
 }
 
 /// # Safety
-/// ISA supported; `out.len() == inp.len()` (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn softmax_row<V: Vf32>(out: &mut [f32], inp: &[f32]) {
+    assert_eq!(out.len(), inp.len(), "softmax_row: length mismatch");
+    if inp.is_empty() {
+        return;
+    }
     let n = inp.len();
     let (o, x) = (out.as_mut_ptr(), inp.as_ptr());
     let mut mx = V::splat(f32::NEG_INFINITY);
@@ -515,9 +548,12 @@ pub(crate) unsafe fn softmax_row<V: Vf32>(out: &mut [f32], inp: &[f32]) {
 /// and then [`softmax_row`], in one call and with no copy of the row.
 ///
 /// # Safety
-/// ISA supported; `row` non-empty (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn scaled_softmax_row<V: Vf32>(row: &mut [f32], scale: f32) {
+    if row.is_empty() {
+        return;
+    }
     let n = row.len();
     let o = row.as_mut_ptr();
     let sv = V::splat(scale);
@@ -542,9 +578,14 @@ pub(crate) unsafe fn scaled_softmax_row<V: Vf32>(row: &mut [f32], scale: f32) {
 /// head (row `i`: its first `i + 1` entries), exact zeros after it.
 ///
 /// # Safety
-/// ISA supported; `p` holds `t·t` floats (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn causal_softmax<V: Vf32>(p: &mut [f32], t: usize, scale: f32) {
+    assert!(
+        p.len() >= t * t,
+        "causal_softmax: {} floats for {t}×{t}",
+        p.len()
+    );
     for i in 0..t {
         let (live, masked) = p[i * t..(i + 1) * t].split_at_mut(i + 1);
         scaled_softmax_row::<V>(live, scale);
@@ -556,7 +597,7 @@ pub(crate) unsafe fn causal_softmax<V: Vf32>(p: &mut [f32], t: usize, scale: f32
 /// head, exact zeros after it.
 ///
 /// # Safety
-/// ISA supported; `d` and `p` hold `t·t` floats (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn causal_softmax_backward<V: Vf32>(
     d: &mut [f32],
@@ -564,6 +605,12 @@ pub(crate) unsafe fn causal_softmax_backward<V: Vf32>(
     t: usize,
     scale: f32,
 ) {
+    assert!(
+        d.len() >= t * t && p.len() >= t * t,
+        "causal_softmax_backward: {} and {} floats for {t}×{t}",
+        d.len(),
+        p.len()
+    );
     for i in 0..t {
         let (live, masked) = d[i * t..(i + 1) * t].split_at_mut(i + 1);
         softmax_backward_row::<V>(live, &p[i * t..i * t + i + 1], scale);
@@ -601,9 +648,16 @@ unsafe fn softmax_finish<V: Vf32>(o: *mut f32, x: *const f32, n: usize, m: f32) 
 /// `out = a + b`.
 ///
 /// # Safety
-/// ISA supported; slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn add<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(
+        out.len() == a.len() && a.len() == b.len(),
+        "add: lengths {} {} {}",
+        out.len(),
+        a.len(),
+        b.len()
+    );
     let (o, x, y) = (out.as_mut_ptr(), a.as_ptr(), b.as_ptr());
     map::<V>(
         out.len(),
@@ -618,9 +672,16 @@ pub(crate) unsafe fn add<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
 /// `out = a ∘ b`.
 ///
 /// # Safety
-/// ISA supported; slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn mul<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(
+        out.len() == a.len() && a.len() == b.len(),
+        "mul: lengths {} {} {}",
+        out.len(),
+        a.len(),
+        b.len()
+    );
     let (o, x, y) = (out.as_mut_ptr(), a.as_ptr(), b.as_ptr());
     map::<V>(
         out.len(),
@@ -635,9 +696,10 @@ pub(crate) unsafe fn mul<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
 /// `acc = acc ∘ f` (the bits of [`mul`]: multiplication commutes).
 ///
 /// # Safety
-/// ISA supported; slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn mul_in_place<V: Vf32>(acc: &mut [f32], f: &[f32]) {
+    assert_eq!(acc.len(), f.len(), "mul_in_place: length mismatch");
     let (o, y) = (acc.as_mut_ptr(), f.as_ptr());
     map::<V>(
         acc.len(),
@@ -655,12 +717,19 @@ pub(crate) unsafe fn mul_in_place<V: Vf32>(acc: &mut [f32], f: &[f32]) {
 /// and stored once.
 ///
 /// # Safety
-/// ISA supported; `acc` non-empty and `m` whole rows of it (checked by the
-/// caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn add_rows<V: Vf32>(acc: &mut [f32], m: &[f32]) {
-    const BLOCK: usize = 4;
     let c = acc.len();
+    assert!(
+        m.len().is_multiple_of(c),
+        "add_rows: {} elements are not whole rows of {c}",
+        m.len()
+    );
+    if c == 0 {
+        return;
+    }
+    const BLOCK: usize = 4;
     let rows = m.len() / c;
     let (a, x) = (acc.as_mut_ptr(), m.as_ptr());
     let mut j = 0;
@@ -694,9 +763,10 @@ pub(crate) unsafe fn add_rows<V: Vf32>(acc: &mut [f32], m: &[f32]) {
 /// `d = p ∘ (d − ⟨p, d⟩)·scale`; the dot product in lane-wise partial sums.
 ///
 /// # Safety
-/// ISA supported; `d.len() == p.len()` (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn softmax_backward_row<V: Vf32>(d: &mut [f32], p: &[f32], scale: f32) {
+    assert_eq!(d.len(), p.len(), "softmax_backward_row: length mismatch");
     let (dp, pp) = (d.as_mut_ptr(), p.as_ptr());
     let n = d.len();
     let dot = row_sum::<V>(
@@ -754,7 +824,7 @@ impl AdamW {
 /// `p ← p − lr·(m̂/(√v̂ + ε) + wd·p)` with `m̂ = m/bc1`, `v̂ = v/bc2`.
 ///
 /// # Safety
-/// ISA supported; all slices of equal length (checked by the caller).
+/// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn adamw<V: Vf32>(
     params: &mut [f32],
@@ -763,6 +833,11 @@ pub(crate) unsafe fn adamw<V: Vf32>(
     v: &mut [f32],
     hp: &AdamW,
 ) {
+    let n = params.len();
+    assert!(
+        grads.len() == n && m.len() == n && v.len() == n,
+        "adamw: length mismatch"
+    );
     let (p, g, mp, vp) = (
         params.as_mut_ptr(),
         grads.as_ptr(),

@@ -24,7 +24,7 @@
 //! depends only on row i of A, column j of B, k
 //! and the old C, as with the f32 kernels.
 
-use super::super::gemm::{Args, Epilogue};
+use super::super::gemm::Args;
 use super::lanes16;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -637,9 +637,9 @@ pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
                             edge_block(kt_n, ap, bp, c, g.rsc, g.csc, mr, nr, init, &mut tmp);
                         }
                     }
-                    if last && !matches!(g.epilogue, Epilogue::None) {
-                        let off = row * g.rsc + jc;
-                        super::gemm::epilogue_avx512(g.epilogue, g.c, off, mr, nc, g.rsc);
+                    if last {
+                        g.epilogue
+                            .apply(g.ops, g.c, row * g.rsc + jc, mr, nc, g.rsc);
                     }
                 }
             }

@@ -6,8 +6,8 @@
 //! loads than FMAs per step (AVX-512: 8 broadcasts + 2 loads per 16 FMAs),
 //! so they are FMA-bound rather than load-bound.
 
-use super::super::gemm::{apply_epilogue, drive, pack_panel_t_scalar, Args, Epilogue, MicroKernel};
-use super::{lanes16, V256, V512};
+use super::super::gemm::{drive, pack_panel_t_scalar, Args, MicroKernel};
+use super::lanes16;
 use std::arch::x86_64::*;
 
 pub(in crate::kernels) struct Avx512Kernel;
@@ -15,11 +15,6 @@ pub(in crate::kernels) struct Avx512Kernel;
 impl MicroKernel for Avx512Kernel {
     const MR: usize = 8;
     const NR: usize = 32;
-
-    #[inline(always)]
-    unsafe fn epilogue(e: Epilogue, c: *mut f32, off: usize, rows: usize, len: usize, rsc: usize) {
-        epilogue_avx512(e, c, off, rows, len, rsc)
-    }
 
     #[inline(always)]
     unsafe fn run(
@@ -89,11 +84,6 @@ static MASK8: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 
 impl MicroKernel for Avx2Kernel {
     const MR: usize = 6;
     const NR: usize = 16;
-
-    #[inline(always)]
-    unsafe fn epilogue(e: Epilogue, c: *mut f32, off: usize, rows: usize, len: usize, rsc: usize) {
-        epilogue_avx2(e, c, off, rows, len, rsc)
-    }
 
     #[inline(always)]
     unsafe fn run(
@@ -355,29 +345,6 @@ unsafe fn store_row(c: *mut f32, csc: usize, vals: &[f32], load_c: bool) {
         let p = c.add(j * csc);
         *p = if load_c { *p + v } else { v };
     }
-}
-
-/// # Safety
-/// As for `apply_epilogue`; the CPU has AVX-512F.
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline(never)]
-pub(super) unsafe fn epilogue_avx512(
-    e: Epilogue,
-    c: *mut f32,
-    off: usize,
-    rows: usize,
-    len: usize,
-    rsc: usize,
-) {
-    apply_epilogue::<V512>(e, c, off, rows, len, rsc)
-}
-
-/// # Safety
-/// As for `apply_epilogue`; the CPU has AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-#[inline(never)]
-unsafe fn epilogue_avx2(e: Epilogue, c: *mut f32, off: usize, rows: usize, len: usize, rsc: usize) {
-    apply_epilogue::<V256>(e, c, off, rows, len, rsc)
 }
 
 /// # Safety

@@ -18,11 +18,56 @@ fn text() -> Vec<u8> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare/input.txt");
     let mut t = match fs::read(&shared) {
         Ok(b) => b[..200_000.min(b.len())].to_vec(),
-        Err(_) => b"To be, or not to be, that is the question:\nWhether 'tis nobler\n"
-            .repeat(3000)
-            .to_vec(),
+        Err(_) => generated_text(200_000),
     };
     t.extend_from_slice(b"\ninvalid \xff\xfe bytes, caf\xc3\xa9, \xe2\x82 cut\n<|endoftext|>\n");
+    t
+}
+
+/// Deterministic English-like text for clones without the shared data: a
+/// few thousand made-up words in Zipf-like frequencies, so that BPE training
+/// finds as many merges as on real text.
+fn generated_text(len: usize) -> Vec<u8> {
+    const ONSETS: [&str; 16] = [
+        "b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "th", "w", "st",
+    ];
+    const NUCLEI: [&str; 8] = ["a", "e", "i", "o", "u", "ea", "ou", "ai"];
+    const CODAS: [&str; 8] = ["", "n", "r", "s", "t", "ll", "nd", "ng"];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    let words: Vec<String> = (0..3000)
+        .map(|_| {
+            (0..1 + next() % 3)
+                .map(|_| {
+                    [
+                        ONSETS[next() % ONSETS.len()],
+                        NUCLEI[next() % NUCLEI.len()],
+                        CODAS[next() % CODAS.len()],
+                    ]
+                    .concat()
+                })
+                .collect()
+        })
+        .collect();
+    let mut t = Vec::with_capacity(len + 64);
+    let mut in_line = 0;
+    while t.len() < len {
+        // The square of a uniform pick leans towards the first words.
+        let r = next() % 3000;
+        let w = &words[r * r / 3000];
+        t.extend_from_slice(w.as_bytes());
+        in_line += 1;
+        t.extend_from_slice(match (in_line % 9 == 0, next() % 7) {
+            (true, _) => b".\n",
+            (false, 0) => b", ",
+            _ => b" ",
+        });
+    }
     t
 }
 

@@ -45,11 +45,14 @@ pub enum AccErrorKind {
 /// failing call) of the first offending element.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccError {
+    /// Which check failed: non-finite input, overflow, inexact, or length.
     pub kind: AccErrorKind,
+    /// Position of the first offending element in the failing call's slice.
     pub index: usize,
 }
 
 impl AccError {
+    /// The error `kind` at element `index` of the failing call's slice.
     pub const fn new(kind: AccErrorKind, index: usize) -> Self {
         Self { kind, index }
     }

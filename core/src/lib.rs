@@ -11,6 +11,7 @@
 //! protocol in [`reduce`].
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 #[cfg(feature = "std")]
 extern crate std;

@@ -147,15 +147,40 @@ pub enum ReduceError {
     /// An accumulator call failed; the index is within the whole buffer.
     Acc(AccError),
     /// A buffer has the wrong number of elements.
-    BufferLength { expected: usize, got: usize },
+    BufferLength {
+        /// Elements needed: exactly for segment buffers, at least for the
+        /// sequential reductions.
+        expected: usize,
+        /// Elements the buffer has.
+        got: usize,
+    },
     /// Fewer physical buffers than the fold plan uses.
-    TooFewBuffers { needed: usize, got: usize },
+    TooFewBuffers {
+        /// Buffers the fold round uses ([`FoldRound::buffers`]).
+        needed: usize,
+        /// Buffers that were passed.
+        got: usize,
+    },
     /// The fold width (units per round) is 0 or above [`MAX_WIDTH`].
-    Width { width: usize, max: usize },
+    Width {
+        /// The width that was asked for.
+        width: usize,
+        /// The largest supported width, [`MAX_WIDTH`].
+        max: usize,
+    },
     /// The tree is deeper than a fold plan supports ([`MAX_DEPTH`]).
-    Depth { depth: u32, max: u32 },
+    Depth {
+        /// Depth of the tree's shape.
+        depth: u32,
+        /// The deepest tree a plan supports, [`MAX_DEPTH`].
+        max: u32,
+    },
     /// Source `src` of a merge is the destination buffer itself.
-    Aliased { src: usize },
+    Aliased {
+        /// Index of that source in `srcs` (0 for `cells` in
+        /// [`round_owned_segments`]).
+        src: usize,
+    },
     /// The barrier was aborted by a participant.
     Aborted,
 }

@@ -36,11 +36,24 @@ pub const MAX_BRANCHING: u32 = KISSING_NUMBER;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TreeError {
     /// The branching factor is not in `1..=MAX_BRANCHING`.
-    BadBranching { branching: u32 },
+    BadBranching {
+        /// The branching factor that was asked for.
+        branching: u32,
+    },
     /// The sphere count of this shape does not fit in `u32` (or `usize`).
-    TooManySpheres { depth: u32, branching: u32 },
+    TooManySpheres {
+        /// Levels below the root that were asked for.
+        depth: u32,
+        /// Children per internal sphere that were asked for.
+        branching: u32,
+    },
     /// The arena given to [`SphereTree::new`] is shorter than the sphere count.
-    ArenaTooSmall { needed: usize, got: usize },
+    ArenaTooSmall {
+        /// The shape's sphere count ([`Shape::sphere_count`]).
+        needed: usize,
+        /// Length of the arena that was given.
+        got: usize,
+    },
 }
 
 impl fmt::Display for TreeError {

@@ -3,6 +3,7 @@
 //! The hosted platform for `cllm-core`: a persistent-thread executor of the
 //! sphere hierarchy, SIMD kernels with runtime CPU detection, data loading and
 //! tokenizers, and Hugging Face–compatible checkpoints.
+#![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod data;

@@ -94,14 +94,23 @@ pub enum ExecError {
     /// Invalid configuration (numbers included).
     Config(String),
     /// The model rejected the unit (e.g. a token out of range).
-    Model { unit: usize, error: ModelError },
+    Model {
+        /// Index of the unit: a training unit of the step, or an evaluation unit.
+        unit: usize,
+        /// What the model reported.
+        error: ModelError,
+    },
     /// Accumulating the gradient failed (non-finite value, overflow, inexact).
     Accumulate(AccError),
     /// A worker panicked on the same unit more often than allowed.
     WorkerPanicked {
+        /// Index of the worker in the pool.
         worker: usize,
+        /// The unit it was computing; `usize::MAX` for a panic outside any unit.
         unit: usize,
+        /// How often it panicked there (`max_retries + 1`; 1 outside a unit).
         attempts: u32,
+        /// The panic payload if it was a string, else `"panic"`.
         message: String,
     },
     /// The optimizer rejected its inputs.

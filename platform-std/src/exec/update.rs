@@ -14,13 +14,16 @@ use super::ExecError;
 /// The optimizer a step applies, with its per-step settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Optimizer {
+    /// AdamW; its `lr` is ignored here, the step uses [`UpdateSettings::lr`].
     AdamW(optim::AdamW),
+    /// SGD, with momentum unless it is 0; `lr` as for `AdamW`.
     Sgd(optim::Sgd),
 }
 
 /// Per-step settings of the update.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct UpdateSettings {
+    /// Which optimizer updates the parameters, with its hyper-parameters.
     pub optimizer: Optimizer,
     /// Learning rate of this step.
     pub lr: f32,

@@ -48,9 +48,13 @@ pub use simd::AdamW;
 /// pit the paths against each other on one machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelChoice {
+    /// Whatever [`Isa::detect`] finds: AVX-512, AVX2 + FMA, or scalar.
     Auto,
+    /// The scalar code, [`Isa::Scalar`], on any CPU.
     Portable,
+    /// [`Isa::Avx2Fma`]; an error on a CPU without AVX2 and FMA.
     Avx2,
+    /// [`Isa::Avx512`]; an error on a CPU without AVX-512F.
     Avx512,
     /// AVX-512 with the GEMMs on AMX-BF16 tiles in three bf16 terms: several
     /// times faster products, about 16 significant bits per operand instead
@@ -227,6 +231,7 @@ impl SimdKernels {
         }
     }
 
+    /// The instruction set these kernels run (fixed at construction).
     pub fn isa(&self) -> Isa {
         self.isa
     }

@@ -790,10 +790,15 @@ pub(crate) unsafe fn softmax_backward_row<V: Vf32>(d: &mut [f32], p: &[f32], sca
 /// AdamW hyper-parameters for one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
+    /// Learning rate of this step (the scheduled value, not the peak).
     pub lr: f32,
+    /// First-moment decay `β1`.
     pub beta1: f32,
+    /// Second-moment decay `β2`.
     pub beta2: f32,
+    /// `ε`, added to `√v̂` so the denominator is never zero.
     pub eps: f32,
+    /// Decoupled weight decay `wd` (0 for tensors that are not decayed).
     pub weight_decay: f32,
     /// `1 - beta1^t` for the step number `t ≥ 1`.
     pub bias_correction1: f32,

@@ -1,8 +1,7 @@
-//! `cargo run --release --example train -- [DATA] [flags]`: train a GPT on a
-//! text file or directory (default: this repository's own text files).
-//!
-//! A thin shell over `cllm_std::trainer`: parse flags, report progress, map
-//! errors to one line on stderr and exit code 1.
+//! The trainer's command line (feature `cli`): clap flags, a progress bar
+//! or plain lines, one-line errors, the final sample. `examples/train.rs`
+//! runs it in one process and cllm-mpi's `train_mpi` on every MPI rank, so
+//! both programs have the same flags, output and run directories.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -13,13 +12,16 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
 
 use cllm_core::kernels::Kernels;
-use cllm_std::exec::FailureInjection;
-use cllm_std::metrics::MetricsRecord;
-use cllm_std::trainer::{
+
+use crate::dist::{Collectives, DistSettings, DistStepStats, Reduction};
+use crate::exec::FailureInjection;
+use crate::metrics::MetricsRecord;
+use crate::trainer::{
     self, defaults as d, AccumulatorKind, Depth, KernelSelection, KernelTask, Observer,
-    OptimizerKind, RunConfig, SampleSettings, StepEvent, TokenizerChoice, TrainOptions,
+    OptimizerKind, RunConfig, SampleSettings, StepEvent, TokenizerChoice, TrainError, TrainOptions,
 };
 
 /// A `--flag` whose values are the spellings of a library enum.
@@ -164,7 +166,20 @@ struct Args {
     /// Tokens of the sample printed at the end (0 = none)
     #[arg(long, default_value_t = 200)]
     sample_tokens: usize,
+
+    /// How gradients meet across ranks: scatter-gather (reduce-scatter by segment, sharded
+    /// optimizer update, all-gather of parameters) or allreduce (replicated update); the bits
+    /// are the same
+    #[arg(long, default_value = "scatter-gather", value_parser = choice!(Reduction))]
+    reduce: Reduction,
+    /// Measurement aid: wait at a barrier before each step's exchange, so that waiting for
+    /// the slowest rank is timed apart
+    #[arg(long)]
+    sync_timing: bool,
 }
+
+/// Flags that only matter with several processes (hidden in `train`).
+const MULTI_PROCESS_FLAGS: [&str; 2] = ["reduce", "sync_timing"];
 
 /// `--tokenizer`: a kind to train, or a path to load.
 #[derive(Clone, Debug)]
@@ -248,10 +263,19 @@ impl Args {
 struct Progress {
     bar: Option<ProgressBar>,
     start: Instant,
+    /// Rank 0 reports; the other ranks of a multi-process run stay quiet.
+    quiet: bool,
+    /// This rank (for the failure test hook).
+    rank: usize,
+    /// Per-step wall time and cross-rank figures, for the `summary` line.
+    steps: Vec<(f64, Option<DistStepStats>)>,
 }
 
 impl Progress {
     fn line(&self, s: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.bar {
             Some(b) => b.println(s),
             None => {
@@ -268,7 +292,7 @@ impl Observer for Progress {
     }
     fn started(&mut self, first: u64, total: u64) {
         self.start = Instant::now();
-        if std::io::stdout().is_terminal() && total > first {
+        if !self.quiet && std::io::stdout().is_terminal() && total > first {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
             bar.set_style(
                 ProgressStyle::with_template(
@@ -283,6 +307,8 @@ impl Observer for Progress {
         }
     }
     fn step(&mut self, e: &StepEvent) {
+        rank_failure_hook(self.rank, e.step);
+        self.steps.push((e.seconds, e.dist));
         if let Some(b) = &self.bar {
             b.set_position(e.step);
             b.set_message(format!("loss {:.4} | {:.0} tok/s", e.loss, e.tokens_per_s));
@@ -363,9 +389,116 @@ impl KernelTask for Sample<'_> {
     }
 }
 
-fn run() -> Result<(), String> {
-    let matches = Args::command().get_matches();
-    let args = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+/// `CLLM_MPI_FAIL=RANK:STEP[:abort]` (test hook, not in --help): rank RANK
+/// exits with status 1 (or aborts) once it has finished step STEP, as a
+/// machine that dies mid-run would.
+fn rank_failure_hook(rank: usize, step: u64) {
+    let Ok(spec) = std::env::var("CLLM_MPI_FAIL") else {
+        return;
+    };
+    let mut it = spec.split(':');
+    let r: Option<usize> = it.next().and_then(|x| x.parse().ok());
+    let s: Option<u64> = it.next().and_then(|x| x.parse().ok());
+    if r == Some(rank) && s == Some(step) {
+        eprintln!("rank {rank}: CLLM_MPI_FAIL: dying at step {step}");
+        if it.next() == Some("abort") {
+            std::process::abort();
+        }
+        std::process::exit(1);
+    }
+}
+
+/// How a program runs the trainer's command line.
+pub struct Launch<'a> {
+    /// The program's name (in `--help` and usage errors).
+    pub name: &'static str,
+    /// What to train on when no DATA is given (the repository's own text).
+    pub default_data: PathBuf,
+    /// The transport between the processes of the run
+    /// ([`Solo`](crate::dist::Solo) for one process).
+    pub comm: &'a mut dyn Collectives,
+    /// Show the multi-process flags and print a `summary` JSON line at the
+    /// end (per-step medians, bytes sent), for benchmarks.
+    pub multi_process: bool,
+}
+
+fn median(xs: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = xs.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The `summary` line: medians over the steps after the first (which warms
+/// caches and faults buffers in) and the traffic of the busiest rank.
+fn summary(p: &Progress, comm: &mut dyn Collectives, args: &Args, cfg: &RunConfig) -> String {
+    let timed = if p.steps.len() > 1 {
+        &p.steps[1..]
+    } else {
+        &p.steps[..]
+    };
+    let n = timed.len().max(1) as f64;
+    let phase =
+        |f: fn(&DistStepStats) -> f64| median(timed.iter().filter_map(|s| s.1.as_ref().map(f)));
+    let bytes: u64 = timed.iter().filter_map(|s| s.1.map(|d| d.bytes)).sum();
+    let mut max_bytes = [0i64];
+    comm.max_i64(&[bytes as i64], &mut max_bytes);
+    let wire = timed
+        .iter()
+        .find_map(|s| s.1.map(|d| d.wire_bytes))
+        .unwrap_or(0);
+    json!({
+        "ranks": comm.size(),
+        "threads": cfg.resolved_threads(),
+        "accumulator": cfg.accumulator.name(),
+        "kernels": cfg.kernels.name(),
+        "reduce": if comm.size() > 1 { args.reduce.name() } else { "local" },
+        "units": cfg.units(),
+        "timed_steps": timed.len(),
+        "step_s": timed.iter().map(|s| s.0).sum::<f64>() / n,
+        "step_s_median": median(timed.iter().map(|s| s.0)),
+        "compute_s_median": phase(|d| d.compute_s),
+        "reduce_s_median": phase(|d| d.reduce_s),
+        "update_s_median": phase(|d| d.update_s),
+        "wait_s_median": phase(|d| d.wait_s),
+        "bytes_per_step_rank0": bytes as f64 / n,
+        "bytes_per_step_max_rank": max_bytes[0] as f64 / n,
+        "wire_bytes_per_param": wire,
+    })
+    .to_string()
+}
+
+/// A run-directory name every rank agrees on: the UTC time of the latest
+/// rank's start.
+fn default_out(comm: &mut dyn Collectives) -> PathBuf {
+    let now = chrono::Utc::now().timestamp();
+    let mut latest = [now];
+    comm.max_i64(&[now], &mut latest);
+    let stamp = chrono::DateTime::from_timestamp(latest[0], 0)
+        .unwrap_or_default()
+        .format("%Y%m%d-%H%M%S");
+    PathBuf::from("runs").join(stamp.to_string())
+}
+
+fn run(launch: &mut Launch<'_>) -> Result<(), TrainError> {
+    let usage = |e: String| TrainError::Config(trainer::ConfigError(e));
+    let mut command = Args::command().name(launch.name).bin_name(launch.name);
+    if !launch.multi_process {
+        for f in MULTI_PROCESS_FLAGS {
+            command = command.mut_arg(f, |a| a.hide(true));
+        }
+    }
+    let matches = match command.try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            // --help, --version and usage errors: clap's own text, from
+            // rank 0 only.
+            if launch.comm.rank() == 0 {
+                let _ = e.print();
+            }
+            std::process::exit(e.exit_code());
+        }
+    };
+    let args = Args::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;
     let explicit: Vec<String> = Args::command()
         .get_arguments()
         .map(|a| a.get_id().to_string())
@@ -377,19 +510,23 @@ fn run() -> Result<(), String> {
         explicit.retain(|&f| f != "tokenizer");
         explicit.push("tokenizer_path");
     }
+    let quiet = launch.comm.rank() != 0;
+    let say = |s: &str| {
+        if !quiet {
+            println!("{s}");
+        }
+    };
     let mut cfg = args.run_config(explicit.contains(&"steps"));
     if cfg.resume.is_none() {
         if cfg.data.is_none() {
-            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            println!(
+            say(&format!(
                 "no DATA given: training on this repository's own text files ({})",
-                repo.display()
-            );
-            cfg.data = Some(repo);
+                launch.default_data.display()
+            ));
+            cfg.data = Some(launch.default_data.clone());
         }
         if cfg.out.is_none() {
-            let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
-            cfg.out = Some(PathBuf::from("runs").join(stamp.to_string()));
+            cfg.out = Some(default_out(launch.comm));
         }
     }
     // Test hook (not in --help): pause after each step so a test can kill
@@ -399,15 +536,21 @@ fn run() -> Result<(), String> {
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
     let opts = TrainOptions {
-        inject_failure: injected_failure()?,
+        inject_failure: injected_failure().map_err(usage)?,
         step_delay,
     };
     let mut progress = Progress {
         bar: None,
         start: Instant::now(),
+        quiet,
+        rank: launch.comm.rank(),
+        steps: Vec::new(),
     };
-    let outcome =
-        trainer::train(cfg, &explicit, &opts, &mut progress).map_err(|e| e.to_string())?;
+    let settings = DistSettings {
+        reduction: args.reduce,
+        sync_timing: args.sync_timing,
+    };
+    let outcome = trainer::train_with(cfg, &explicit, &opts, &mut progress, launch.comm, settings)?;
     let bpb = outcome
         .val_bits_per_byte
         .map_or(String::new(), |b| format!(" ({b:.3} bits/byte)"));
@@ -417,13 +560,17 @@ fn run() -> Result<(), String> {
     let train_loss = outcome
         .train_loss
         .map_or(String::new(), |v| format!(", train loss {v:.4}"));
-    println!(
+    say(&format!(
         "done: {} steps{train_loss}{val} in {:.1}s; model in {}",
         outcome.steps,
         outcome.train_seconds,
         outcome.run_dir.display()
-    );
-    if args.sample_tokens > 0 && outcome.steps > 0 {
+    ));
+    if launch.multi_process {
+        let line = summary(&progress, launch.comm, &args, &outcome.config);
+        say(&format!("summary {line}"));
+    }
+    if args.sample_tokens > 0 && outcome.steps > 0 && !quiet {
         let settings = SampleSettings {
             max_new_tokens: args.sample_tokens,
             ..SampleSettings::default()
@@ -434,7 +581,8 @@ fn run() -> Result<(), String> {
                 model: &outcome.model,
                 settings,
             },
-        )?;
+        )
+        .map_err(usage)?;
         println!(
             "--- sample ({} tokens) ---\n{text}\n---",
             args.sample_tokens
@@ -468,14 +616,38 @@ fn install_panic_hook() {
     }));
 }
 
-fn main() -> ExitCode {
+/// Runs the trainer's command line: parses the flags, trains, reports.
+/// Errors are one line on stderr (`error: ...`, prefixed with the rank in a
+/// multi-process run) and exit status 1. In a multi-process run an error
+/// inside a step ends the whole job through [`Collectives::abort`], since
+/// the other ranks may be waiting in a collective this one will never join.
+pub fn main(mut launch: Launch<'_>) -> ExitCode {
     install_panic_hook();
-    match std::panic::catch_unwind(run) {
+    let (rank, ranks) = (launch.comm.rank(), launch.comm.size());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut launch)));
+    match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
+            let who = if ranks > 1 {
+                format!("rank {rank}: ")
+            } else {
+                String::new()
+            };
+            match &e {
+                // The failing rank says why; a disagreement, rank 0.
+                TrainError::OtherRank(_) | TrainError::Disagree(_) if rank != 0 => {}
+                _ => eprintln!("{who}error: {e}"),
+            }
+            if ranks > 1 && matches!(e, TrainError::Step { .. }) {
+                launch.comm.abort(1);
+            }
             ExitCode::from(1)
         }
-        Err(_) => ExitCode::from(1),
+        Err(_) => {
+            if ranks > 1 {
+                launch.comm.abort(1);
+            }
+            ExitCode::from(1)
+        }
     }
 }

@@ -6,6 +6,8 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod data;
 pub mod dist;
 pub mod exec;

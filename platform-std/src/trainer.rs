@@ -154,6 +154,8 @@ pub struct StepEvent {
     pub grad_norm: f32,
     /// Tokens per second of this step.
     pub tokens_per_s: f64,
+    /// Wall time of this step, in seconds.
+    pub seconds: f64,
     /// Units recomputed after a worker failure.
     pub retried_units: u32,
     /// The cross-rank figures of a multi-process step (`None` in one
@@ -1088,6 +1090,7 @@ where
             lr,
             grad_norm: stats.grad_norm,
             tokens_per_s: tokens_per_step / dt.max(1e-9),
+            seconds: dt,
             retried_units: stats.retried_units,
             dist: stats.dist,
         });
@@ -1139,9 +1142,15 @@ where
         }
         if is_last || (cfg.save_every > 0 && done % cfg.save_every == 0) {
             let plot = (records.as_slice(), title.as_str());
-            if let Some(path) =
-                save_all(&saver, &h, &mut dist, &ranks, done, elapsed(&t0), Some(plot))?
-            {
+            if let Some(path) = save_all(
+                &saver,
+                &h,
+                &mut dist,
+                &ranks,
+                done,
+                elapsed(&t0),
+                Some(plot),
+            )? {
                 obs.saved(done, &path);
                 last_ckpt = Some(path);
             }
@@ -1313,14 +1322,12 @@ where
         let (m, v) = h.optimizer_state();
         return write(m, v).map(Some);
     }
-    let gathered =
-        dist::gather_optimizer_state(h, dist.comm, layout, dist.settings.reduction).map_err(
-            |error| TrainError::Step {
-                step,
-                error,
-                last_checkpoint: None,
-            },
-        )?;
+    let gathered = dist::gather_optimizer_state(h, dist.comm, layout, dist.settings.reduction)
+        .map_err(|error| TrainError::Step {
+            step,
+            error,
+            last_checkpoint: None,
+        })?;
     let written = match gathered {
         Some((m, v)) => write(&m, &v).map(Some),
         None => Ok(None),

@@ -3,9 +3,9 @@
 
 use std::ops::Range;
 
+use crate::exec::leaf_block_units;
 use cllm_core::reduce::Segments;
 use cllm_core::tree::Shape;
-use crate::exec::leaf_block_units;
 
 /// The split of one step over `ranks` ranks.
 ///

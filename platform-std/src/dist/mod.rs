@@ -19,8 +19,8 @@ use std::fmt;
 
 pub use layout::RankLayout;
 pub use step::{
-    gather_optimizer_state, train_step, CrossRank, DistError, DistSettings, DistStepStats,
-    Moments, Reduction, Scratch,
+    gather_optimizer_state, train_step, CrossRank, DistError, DistSettings, DistStepStats, Moments,
+    Reduction, Scratch,
 };
 
 /// Why a collective could not be issued (its element count does not fit
@@ -98,6 +98,12 @@ pub trait Collectives {
     fn barrier(&mut self);
     /// Bytes this rank has sent so far (the transport's own accounting).
     fn bytes_sent(&self) -> u64;
+    /// Ends this process, and with a transport that can, the whole job:
+    /// after a failure inside a step the other ranks may be waiting in a
+    /// collective this one will never join.
+    fn abort(&mut self, code: i32) -> ! {
+        std::process::exit(code)
+    }
 }
 
 /// One process: every collective is the identity.
@@ -166,8 +172,7 @@ impl Collectives for Solo {
 
 /// Did every rank get here without error? One max-reduction. The lowest
 /// failing rank gets its own error back; every other rank gets
-/// `Err(None)`-like news through `other`, which builds its error from the
-/// failing rank's number.
+/// `Err(other(r))`, where `r` is the lowest failing rank.
 pub fn all_ok<T, E>(
     comm: &mut dyn Collectives,
     r: Result<T, E>,

@@ -21,9 +21,9 @@
 use std::fmt;
 use std::time::Instant;
 
+use crate::exec::{ExecError, Hierarchy, UpdateSettings};
 use cllm_core::accumulate::{AccError, Accumulator, ExactAcc, ExactCell, F32Acc, FixedAcc};
 use cllm_core::kernels::Kernels;
-use crate::exec::{ExecError, Hierarchy, UpdateSettings};
 
 use super::layout::RankLayout;
 use super::wire::{ExactWindow, FixedWire};
@@ -499,7 +499,11 @@ where
         let mine = layout.owned_elements(rank);
         let own = sized(&mut sc.params, mine.len());
         own.copy_from_slice(&h.params()[mine.clone()]);
-        net.all_gather_f32(&sc.params[..mine.len()], layout.element_lens(), h.params_mut())?;
+        net.all_gather_f32(
+            &sc.params[..mine.len()],
+            layout.element_lens(),
+            h.params_mut(),
+        )?;
     }
     let t3 = Instant::now();
     Ok(DistStepStats {

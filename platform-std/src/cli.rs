@@ -172,8 +172,8 @@ struct Args {
     /// are the same
     #[arg(long, default_value = "scatter-gather", value_parser = choice!(Reduction))]
     reduce: Reduction,
-    /// Measurement aid: wait at a barrier before each step's exchange, so that waiting for
-    /// the slowest rank is timed apart
+    /// Measurement aid: time each step's phases apart (compute, waiting for the slowest rank
+    /// behind a barrier, reduce, update); on one rank this runs the distributed step too
     #[arg(long)]
     sync_timing: bool,
 }
@@ -265,6 +265,9 @@ struct Progress {
     start: Instant,
     /// Rank 0 reports; the other ranks of a multi-process run stay quiet.
     quiet: bool,
+    /// Draw a bar on a terminal. Not under mpirun, which hands every rank a
+    /// pseudo-terminal even when its own output goes to a file.
+    bar_allowed: bool,
     /// This rank (for the failure test hook).
     rank: usize,
     /// Per-step wall time and cross-rank figures, for the `summary` line.
@@ -292,7 +295,7 @@ impl Observer for Progress {
     }
     fn started(&mut self, first: u64, total: u64) {
         self.start = Instant::now();
-        if !self.quiet && std::io::stdout().is_terminal() && total > first {
+        if self.bar_allowed && std::io::stdout().is_terminal() && total > first {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
             bar.set_style(
                 ProgressStyle::with_template(
@@ -430,7 +433,13 @@ fn median(xs: impl Iterator<Item = f64>) -> f64 {
 
 /// The `summary` line: medians over the steps after the first (which warms
 /// caches and faults buffers in) and the traffic of the busiest rank.
-fn summary(p: &Progress, comm: &mut dyn Collectives, args: &Args, cfg: &RunConfig) -> String {
+fn summary(
+    p: &Progress,
+    comm: &mut dyn Collectives,
+    args: &Args,
+    cfg: &RunConfig,
+    cfg_params: usize,
+) -> String {
     let timed = if p.steps.len() > 1 {
         &p.steps[1..]
     } else {
@@ -451,9 +460,10 @@ fn summary(p: &Progress, comm: &mut dyn Collectives, args: &Args, cfg: &RunConfi
         "threads": cfg.resolved_threads(),
         "accumulator": cfg.accumulator.name(),
         "kernels": cfg.kernels.name(),
-        "reduce": if comm.size() > 1 { args.reduce.name() } else { "local" },
+        "reduce": if comm.size() > 1 || args.sync_timing { args.reduce.name() } else { "local" },
         "units": cfg.units(),
         "timed_steps": timed.len(),
+        "params": cfg_params,
         "step_s": timed.iter().map(|s| s.0).sum::<f64>() / n,
         "step_s_median": median(timed.iter().map(|s| s.0)),
         "compute_s_median": phase(|d| d.compute_s),
@@ -543,6 +553,7 @@ fn run(launch: &mut Launch<'_>) -> Result<(), TrainError> {
         bar: None,
         start: Instant::now(),
         quiet,
+        bar_allowed: !quiet && !launch.multi_process,
         rank: launch.comm.rank(),
         steps: Vec::new(),
     };
@@ -567,7 +578,13 @@ fn run(launch: &mut Launch<'_>) -> Result<(), TrainError> {
         outcome.run_dir.display()
     ));
     if launch.multi_process {
-        let line = summary(&progress, launch.comm, &args, &outcome.config);
+        let line = summary(
+            &progress,
+            launch.comm,
+            &args,
+            &outcome.config,
+            outcome.model.config.num_params(),
+        );
         say(&format!("summary {line}"));
     }
     if args.sample_tokens > 0 && outcome.steps > 0 && !quiet {

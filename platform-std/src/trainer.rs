@@ -1035,7 +1035,7 @@ where
             grad_clip: cfg.grad_clip as f32,
             t: step + 1,
         };
-        let stats = if multi {
+        let stats = if multi || dist.settings.sync_timing {
             dist::train_step(
                 &mut h,
                 dist.comm,

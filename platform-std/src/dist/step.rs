@@ -69,6 +69,8 @@ pub struct DistSettings {
     pub reduction: Reduction,
     /// Measurement aid: wait at a barrier before the exchange, so that
     /// waiting for the slowest rank is timed apart from the exchange itself.
+    /// The trainer then runs this step on one rank too (instead of the
+    /// executor's own), so that one-rank figures have the same phases.
     pub sync_timing: bool,
 }
 

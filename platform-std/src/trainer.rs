@@ -34,7 +34,7 @@ use crate::checkpoint::{self, Checkpoint, CkptError, LoadedCheckpoint, LoadedMod
 use crate::data::{self, DataError, LoadOptions};
 use crate::dist::{
     self, all_ok, Collectives, CrossRank, DistError, DistSettings, DistStepStats, RankLayout,
-    Scratch, Solo,
+    Reduction, Scratch, Solo,
 };
 use crate::exec::{ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UpdateSettings};
 use crate::fsutil::{create_dir_all_durable, FsError};
@@ -938,7 +938,15 @@ where
     let layout = tensors::Layout::new(&prep.model);
     let p = prep.model.num_params();
 
-    let mut h = dist.all_ok(build_hierarchy(&prep, &layout, acc, kernels))?;
+    let ranks = RankLayout::new(prep.exec.shape, prep.exec.units, p, dist.comm.size());
+    // Scatter-gather over several ranks: each rank keeps the optimizer
+    // state of the segments it owns, and only those (ZeRO stage 1).
+    let shard = match (multi, dist.settings.reduction) {
+        (true, Reduction::ScatterGather) => ranks.owned_elements(dist.comm.rank()),
+        _ => 0..p,
+    };
+    let built = build_hierarchy(&prep, &layout, acc, kernels, shard);
+    let mut h = dist.all_ok(built)?;
 
     let total = prep.total_steps;
     let start = prep.start_step;
@@ -958,7 +966,6 @@ where
         memory: h.memory_bytes(),
         steps: (start, total),
     }));
-    let ranks = RankLayout::new(prep.exec.shape, prep.exec.units, p, dist.comm.size());
     if multi {
         obs.message(&format!(
             "ranks: {} ({} reduction), units per rank {:?}",
@@ -1195,6 +1202,7 @@ fn build_hierarchy<A, K>(
     layout: &tensors::Layout,
     acc: A,
     kernels: K,
+    shard: std::ops::Range<usize>,
 ) -> Result<Hierarchy<A, K>, TrainError>
 where
     A: CrossRank,
@@ -1235,19 +1243,25 @@ where
         },
     };
     let source: Arc<dyn crate::exec::UnitSource> = prep.source.clone();
-    let mut h =
-        Hierarchy::new(prep.model, params, acc, kernels, source, prep.exec).map_err(|e| {
-            TrainError::Step {
-                step: prep.start_step,
-                error: e.into(),
-                last_checkpoint: None,
-            }
-        })?;
+    let mut h = Hierarchy::with_optimizer_shard(
+        prep.model,
+        params,
+        acc,
+        kernels,
+        source,
+        prep.exec,
+        shard.clone(),
+    )
+    .map_err(|e| TrainError::Step {
+        step: prep.start_step,
+        error: e.into(),
+        last_checkpoint: None,
+    })?;
     if let Some((m, v)) = moments {
         let (hm, hv) = h.optimizer_state_mut();
-        hm.copy_from_slice(&m);
+        hm.copy_from_slice(&m[shard.clone()]);
         if let Some(v) = v {
-            hv.copy_from_slice(&v);
+            hv.copy_from_slice(&v[shard]);
         }
     }
     h.inject_failure(prep.inject);

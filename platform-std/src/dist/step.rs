@@ -538,18 +538,26 @@ where
     K: Kernels<f32> + Send + 'static,
 {
     let (m, v) = h.optimizer_state();
+    let (shard, p) = (h.optimizer_shard(), h.params().len());
     if mode == Reduction::AllReduce || net.size() == 1 {
         // Replicated: rank 0's copy is complete.
         return Ok((net.rank() == 0).then(|| (m.to_vec(), v.to_vec())));
     }
     let mine = layout.owned_elements(net.rank());
+    if mine.start < shard.start || mine.end > shard.end {
+        return Err(DistError::Exec(ExecError::Config(format!(
+            "rank {} owns elements {mine:?} but holds optimizer state for {shard:?}",
+            net.rank()
+        ))));
+    }
+    let local = mine.start - shard.start..mine.end - shard.start;
     let (mut gm, mut gv) = if net.rank() == 0 {
-        (vec![0.0f32; m.len()], vec![0.0f32; v.len()])
+        (vec![0.0f32; p], vec![0.0f32; p])
     } else {
         (Vec::new(), Vec::new())
     };
-    net.gather_root_f32(&m[mine.clone()], layout.element_lens(), &mut gm)?;
-    net.gather_root_f32(&v[mine], layout.element_lens(), &mut gv)?;
+    net.gather_root_f32(&m[local.clone()], layout.element_lens(), &mut gm)?;
+    net.gather_root_f32(&v[local], layout.element_lens(), &mut gv)?;
     Ok((net.rank() == 0).then_some((gm, gv)))
 }
 

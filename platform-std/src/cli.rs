@@ -455,6 +455,11 @@ fn summary(
         .iter()
         .find_map(|s| s.1.map(|d| d.wire_bytes))
         .unwrap_or(0);
+    let rss = peak_rss_bytes().unwrap_or(0) as i64;
+    // [max, -min] in one reduction.
+    let mut max_rss = [0i64; 2];
+    comm.max_i64(&[rss, -rss], &mut max_rss);
+    let mib = |b: i64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
     json!({
         "ranks": comm.size(),
         "threads": cfg.resolved_threads(),
@@ -473,8 +478,19 @@ fn summary(
         "bytes_per_step_rank0": bytes as f64 / n,
         "bytes_per_step_max_rank": max_bytes[0] as f64 / n,
         "wire_bytes_per_param": wire,
+        "peak_rss_mib_rank0": mib(rss),
+        "peak_rss_mib_max_rank": mib(max_rss[0]),
+        "peak_rss_mib_min_rank": mib(-max_rss[1]),
     })
     .to_string()
+}
+
+/// This process's peak resident set (`VmHWM`, Linux only).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// A run-directory name every rank agrees on: the UTC time of the latest

@@ -122,7 +122,7 @@ where
         let per_worker = unit_buffers_per_worker(cfg.units, t, p);
         let (slots, accs) = reduction_buffers(&cfg, A::ASSOCIATIVE, p);
         let segments = Segments::new(p);
-        let aligned = |e: usize| e == p || e % segments.segment_len() == 0;
+        let aligned = |e: usize| e == p || e.is_multiple_of(segments.segment_len());
         if shard.start > shard.end || shard.end > p || !aligned(shard.start) || !aligned(shard.end)
         {
             return bad(format!(

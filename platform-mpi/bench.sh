@@ -15,6 +15,12 @@ cargo build --release -p cllm-mpi
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 mpi=(mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo)
 [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+# The measured model: 2 layers x 64, 4 heads, seq-len 64, char tokens,
+# 16 units per step, exact accumulator, one thread per rank; KERNELS=portable
+# gives the plain-loop figures.
+model=(--num-layers 2 --embed-dim 64 --num-heads 4 --seq-len 64 --batch-size 16
+  --tokenizer char --accumulator exact --threads 1 --kernels "${KERNELS:-auto}"
+  --learning-rate 1e-3 --warmup-steps 0 --log-every 1000 --eval-windows 0 --sample-tokens 0)
 lo_tx() { awk '$1 == "lo:" { print $10 }' /proc/net/dev; }
 
 {
@@ -24,8 +30,8 @@ lo_tx() { awk '$1 == "lo:" { print $10 }' /proc/net/dev; }
       [ "$np" = 1 ] && [ "$red" = allreduce ] && continue
       rm -rf "$out/run"
       a=$(lo_tx)
-      line=$("${mpi[@]}" -np "$np" "$bin/train_mpi" "$data" --steps "$steps" --reduce "$red" \
-        --log-every 1000 --eval-windows 0 --sync-timing --out "$out/run" | grep '^summary ' | cut -d' ' -f2-)
+      line=$("${mpi[@]}" -np "$np" "$bin/train_mpi" "$data" "${model[@]}" --steps "$steps" \
+        --reduce "$red" --sync-timing --out "$out/run" | grep '^summary ' | cut -d' ' -f2-)
       b=$(lo_tx)
       echo "{\"np\": $np, \"lo_bytes\": $((b - a)), \"steps\": $steps, \"summary\": $line}"
     done

@@ -2,17 +2,20 @@
 # MPI tests of cllm-mpi (needs OpenMPI: apt-get install libopenmpi-dev
 # openmpi-bin libclang-dev). Run from anywhere; takes about a minute.
 #
-#  1. unit tests of the crate (wire formats, rank layout);
-#  2. exact accumulator, 10 steps: the single-process executor (--local),
+#  1. unit tests of the crate;
+#  2. exact accumulator, 10 steps: the single-machine trainer (`train`),
 #     mpirun -np 1, 2 (2 threads per rank), 4, 4 with all-reduce and 3 with
 #     all-reduce and 2 threads must write byte-identical model.safetensors
 #     and optimizer.safetensors (and a larger model on 2 ranks x 2 threads);
+#     train_mpi takes train's flags and runs the same trainer on each rank;
 #  3. resume: a checkpoint written by 4 ranks, continued on 3 ranks, ends
 #     byte-identical to the uninterrupted run;
 #  4. fixed accumulator across rank counts; f32: one rank = the executor,
 #     and the thread count does not change the bits for a fixed rank count;
 #  5. a rank that dies (exit(1), then abort()) fails the job with a clear
-#     error, within a timeout, and the last checkpoint stays intact.
+#     error, within a timeout, and the last checkpoint stays intact; a
+#     restart on fewer ranks resumes it to the uninterrupted run's bits;
+#  6. bad flags under mpirun: one clear error line, non-zero exit, no hang.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,8 +26,10 @@ command -v mpirun >/dev/null || { echo "run_tests.sh: mpirun not found (apt-get 
 
 cd "$root"
 cargo build --release -p cllm-mpi
+cargo build --release --example train
 cargo test --release -p cllm-mpi
 bin="${CARGO_TARGET_DIR:-$root/target}/release/train_mpi"
+train="${CARGO_TARGET_DIR:-$root/target}/release/examples/train"
 
 mpi=(mpirun --oversubscribe)
 [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
@@ -37,7 +42,8 @@ export OMPI_MCA_btl_vader_single_copy_mechanism="${OMPI_MCA_btl_vader_single_cop
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-model=(--layers 2 --embd 32 --heads 2 --seq-len 32 --batch-size 12 --steps 10 --log-every 5 --eval-windows 8)
+model=(--num-layers 2 --embed-dim 32 --num-heads 2 --seq-len 32 --batch-size 12 --steps 10
+  --log-every 5 --eval-windows 8 --keep-checkpoints 10 --sample-tokens 0 --accumulator exact)
 fail=0
 ok() { echo "ok   - $*"; }
 bad() { echo "FAIL - $*"; fail=1; }
@@ -50,9 +56,9 @@ same() { # same DIR_A DIR_B what
   ok "$3"
 }
 
-run() { # run NAME NP [args...]  (NP 0 = without mpirun)
+run() { # run NAME NP [args...]  (NP 0 = the single-machine `train`)
   local name=$1 np=$2; shift 2
-  local cmd=("$bin")
+  local cmd=("$train")
   [ "$np" -gt 0 ] && cmd=("${mpi[@]}" -np "$np" "$bin")
   if ! timeout 300 "${cmd[@]}" "$data" "${model[@]}" --out "$tmp/$name" "$@" >"$tmp/$name.log" 2>&1; then
     cat "$tmp/$name.log"
@@ -62,7 +68,7 @@ run() { # run NAME NP [args...]  (NP 0 = without mpirun)
 }
 
 echo "== exact accumulator: checkpoints of 1, 2, 4 ranks =="
-run ref 0 --local --save-every 5 || true
+run ref 0 --save-every 5 || true
 for spec in "np1 1" "np2 2 --threads 2" "np4 4" "np4ar 4 --reduce allreduce" "np3t2 3 --threads 2 --reduce allreduce"; do
   set -- $spec
   name=$1 np=$2; shift 2
@@ -71,8 +77,8 @@ done
 same "$tmp/ref/checkpoint-5" "$tmp/np4/checkpoint-5" "exact np4 step 5 = single process"
 
 # 108k parameters: enough cells that the wire encoders split over threads.
-big=(--embd 64 --heads 4 --seq-len 64 --batch-size 16 --steps 4)
-run bigref 0 --local "${big[@]}" || true
+big=(--embed-dim 64 --num-heads 4 --seq-len 64 --batch-size 16 --steps 4)
+run bigref 0 "${big[@]}" || true
 run bignp2 2 --threads 2 "${big[@]}" && same "$tmp/bigref/checkpoint-4" "$tmp/bignp2/checkpoint-4" "exact np2, threaded wire = single process"
 
 echo "== resume on a different number of ranks =="
@@ -80,9 +86,9 @@ run resume3 3 --resume "$tmp/np4/checkpoint-5" && same "$tmp/ref/checkpoint-10" 
 run resume1 1 --resume "$tmp/np2/checkpoint-5" --reduce allreduce && same "$tmp/ref/checkpoint-10" "$tmp/resume1/checkpoint-10" "resume 2 -> 1 rank"
 
 echo "== fixed and f32 =="
-run fix1 0 --local --accumulator fixed || true
+run fix1 0 --accumulator fixed || true
 run fix4 4 --accumulator fixed --threads 2 && same "$tmp/fix1/checkpoint-10" "$tmp/fix4/checkpoint-10" "fixed np4 = single process"
-run f32ref 0 --local --accumulator f32 || true
+run f32ref 0 --accumulator f32 --threads 2 || true
 run f32np1 1 --accumulator f32 --threads 2 && same "$tmp/f32ref/checkpoint-10" "$tmp/f32np1/checkpoint-10" "f32 one rank = single process"
 run f32a 3 --accumulator f32 || true
 run f32b 3 --accumulator f32 --threads 2 --reduce allreduce && same "$tmp/f32a/checkpoint-10" "$tmp/f32b/checkpoint-10" "f32 three ranks: threads and reduction do not change the bits"
@@ -103,6 +109,19 @@ for how in "2:7" "1:7:abort"; do
   [ -d "$tmp/$name/checkpoint-10" ] && bad "$how: a final checkpoint appeared"
   same "$tmp/ref/checkpoint-5" "$tmp/$name/checkpoint-5" "$how: last checkpoint intact"
 done
+# The killed 4-rank job restarts on 3 ranks from its last checkpoint.
+run die-restart 3 --resume "$tmp/die-2-7" && same "$tmp/ref/checkpoint-10" "$tmp/die-restart/checkpoint-10" "killed at step 7 on 4 ranks, resumed on 3 = uninterrupted"
+
+echo "== bad input under mpirun =="
+set +e
+timeout 120 "${mpi[@]}" -np 2 "$bin" "$data" "${model[@]}" --num-heads 3 --out "$tmp/badheads" >"$tmp/bad.log" 2>&1
+rc=$?
+set -e
+n=$(grep -c "error:" "$tmp/bad.log" || true)
+if [ "$rc" = 124 ]; then bad "bad flags: the job hung"
+elif [ "$rc" = 0 ]; then bad "bad flags: the job succeeded"
+elif [ "$n" != 1 ] || grep -q "panicked" "$tmp/bad.log"; then cat "$tmp/bad.log"; bad "bad flags: expected one error line"
+else ok "bad flags: one error line, exit code $rc ($(grep "error:" "$tmp/bad.log"))"; fi
 
 if [ "$fail" != 0 ]; then
   echo "run_tests.sh: FAILED"

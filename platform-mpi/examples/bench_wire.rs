@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use cllm_core::accumulate::{Accumulator, ExactAcc, ExactCell};
-use cllm_mpi::wire::{ExactWindow, FixedWire};
+use cllm_std::dist::wire::{ExactWindow, FixedWire};
 
 fn best<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     (0..reps)

@@ -1,5 +1,5 @@
-//! The collectives a step uses, with a count of the bytes each one sends
-//! from this rank.
+//! [`Collectives`] over MPI, with a count of the bytes each one sends from
+//! this rank.
 //!
 //! MPI does not report traffic, so the count is the payload this rank sends
 //! under the bandwidth-optimal algorithm of each collective (what the
@@ -15,6 +15,8 @@ use mpi::datatype::{Equivalence, PartitionMut};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
+
+use cllm_std::dist::{Collectives, CountOverflow};
 
 /// Traffic and time spent in collectives.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -34,30 +36,7 @@ pub struct Net {
     size: usize,
     /// Totals since creation.
     pub stats: NetStats,
-    /// Measurement aid: a step first waits at a barrier, so that waiting
-    /// for the slowest rank is timed apart from the exchange itself.
-    pub sync_timing: bool,
 }
-
-/// Why a collective could not be issued.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CountOverflow {
-    pub what: &'static str,
-    pub elements: usize,
-}
-
-impl std::fmt::Display for CountOverflow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} elements exceed MPI's 32-bit count per call (a smaller model or fewer \
-             exact lanes are needed; chunked collectives are not implemented)",
-            self.what, self.elements
-        )
-    }
-}
-
-impl std::error::Error for CountOverflow {}
 
 fn count(what: &'static str, n: usize) -> Result<Count, CountOverflow> {
     Count::try_from(n).map_err(|_| CountOverflow { what, elements: n })
@@ -90,18 +69,7 @@ impl Net {
             rank,
             size,
             stats: NetStats::default(),
-            sync_timing: false,
         }
-    }
-
-    /// This rank.
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// Number of ranks.
-    pub fn size(&self) -> usize {
-        self.size
     }
 
     /// The communicator, for anything not wrapped here.
@@ -118,16 +86,24 @@ impl Net {
     fn frac(&self) -> f64 {
         (self.size - 1) as f64 / self.size as f64
     }
+}
+
+impl Collectives for Net {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
 
     /// Elementwise maximum over ranks (small vectors: agreement on wire
     /// formats).
-    pub fn max_i64(&mut self, v: &[i64]) -> Vec<i64> {
+    fn max_i64(&mut self, send: &[i64], recv: &mut [i64]) {
         let t0 = Instant::now();
-        let mut out = vec![0i64; v.len()];
         self.comm
-            .all_reduce_into(v, &mut out[..], SystemOperation::max());
-        self.account(2.0 * self.frac() * (8 * v.len()) as f64, t0);
-        out
+            .all_reduce_into(send, recv, SystemOperation::max());
+        self.account(2.0 * self.frac() * (8 * send.len()) as f64, t0);
     }
 
     /// `MPI_Reduce_scatter` with `MPI_SUM`: `send` is cut into contiguous
@@ -139,13 +115,13 @@ impl Net {
     /// a scatter (each step moved 1.5× the optimal bytes here and ran
     /// slower than a whole all-reduce), while it runs this one with
     /// recursive halving or a ring. rsmpi does not wrap it, hence the FFI.
-    pub fn sum_scatter_i64(
+    fn sum_scatter_i64(
         &mut self,
         send: &[i64],
-        lens: impl Iterator<Item = usize>,
+        lens: &[usize],
         recv: &mut [i64],
     ) -> Result<(), CountOverflow> {
-        let (counts, _) = partition("reduce-scatter", lens)?;
+        let (counts, _) = partition("reduce-scatter", lens.iter().copied())?;
         let total: usize = counts.iter().map(|&c| c as usize).sum();
         // The FFI call trusts these; a mismatch is a caller bug.
         assert_eq!(counts.len(), self.size, "one block per rank");
@@ -171,7 +147,7 @@ impl Net {
     }
 
     /// `MPI_Allreduce` with `MPI_SUM`.
-    pub fn sum_all_i64(&mut self, send: &[i64], recv: &mut [i64]) -> Result<(), CountOverflow> {
+    fn sum_all_i64(&mut self, send: &[i64], recv: &mut [i64]) -> Result<(), CountOverflow> {
         count("all-reduce", send.len())?;
         let t0 = Instant::now();
         self.comm
@@ -182,11 +158,7 @@ impl Net {
 
     /// `MPI_Alltoall`: block `r` of `send` goes to rank `r`; block `q` of
     /// `recv` comes from rank `q`.
-    pub fn all_to_all<T: Equivalence>(
-        &mut self,
-        send: &[T],
-        recv: &mut [T],
-    ) -> Result<(), CountOverflow> {
+    fn all_to_all_f32(&mut self, send: &[f32], recv: &mut [f32]) -> Result<(), CountOverflow> {
         count("all-to-all", send.len())?;
         let t0 = Instant::now();
         self.comm.all_to_all_into(send, recv);
@@ -194,32 +166,32 @@ impl Net {
         Ok(())
     }
 
-    /// `MPI_Allgatherv` into contiguous blocks: rank `q` contributes
-    /// `lens[q]` elements (`send`, on this rank `lens[rank]` long), placed in
-    /// rank order in `recv`.
-    pub fn all_gather<T: Equivalence>(
+    fn all_gather_f32(
         &mut self,
-        send: &[T],
-        lens: impl Iterator<Item = usize>,
-        recv: &mut [T],
+        send: &[f32],
+        lens: &[usize],
+        recv: &mut [f32],
     ) -> Result<(), CountOverflow> {
-        let (counts, displs) = partition("all-gather", lens)?;
-        let t0 = Instant::now();
-        let mut part = PartitionMut::new(recv, &counts[..], &displs[..]);
-        self.comm.all_gather_varcount_into(send, &mut part);
-        self.account(self.frac() * (std::mem::size_of_val(recv)) as f64, t0);
-        Ok(())
+        self.all_gather(send, lens, recv)
     }
 
-    /// `MPI_Gatherv` to rank 0: like [`all_gather`](Self::all_gather), but
-    /// only rank 0 receives (`recv` is ignored elsewhere).
-    pub fn gather_root<T: Equivalence>(
+    fn all_gather_f64(
         &mut self,
-        send: &[T],
-        lens: impl Iterator<Item = usize>,
-        recv: &mut [T],
+        send: &[f64],
+        lens: &[usize],
+        recv: &mut [f64],
     ) -> Result<(), CountOverflow> {
-        let (counts, displs) = partition("gather", lens)?;
+        self.all_gather(send, lens, recv)
+    }
+
+    /// `MPI_Gatherv` to rank 0.
+    fn gather_root_f32(
+        &mut self,
+        send: &[f32],
+        lens: &[usize],
+        recv: &mut [f32],
+    ) -> Result<(), CountOverflow> {
+        let (counts, displs) = partition("gather", lens.iter().copied())?;
         let t0 = Instant::now();
         let root = self.comm.process_at_rank(0);
         if self.rank == 0 {
@@ -233,17 +205,37 @@ impl Net {
         Ok(())
     }
 
-    /// Wait for every rank.
-    pub fn barrier(&mut self) {
+    fn barrier(&mut self) {
         let t0 = Instant::now();
         self.comm.barrier();
         self.account(0.0, t0);
     }
 
-    /// End the whole job (every rank) with `code`, after a failure this rank
-    /// cannot recover from: the others may be blocked in a collective that
-    /// will never complete.
-    pub fn abort(&self, code: i32) -> ! {
+    fn bytes_sent(&self) -> u64 {
+        self.stats.bytes
+    }
+
+    /// `MPI_Abort`: ends every rank of the job.
+    fn abort(&mut self, code: i32) -> ! {
         self.comm.abort(code)
+    }
+}
+
+impl Net {
+    /// `MPI_Allgatherv` into contiguous blocks: rank `q` contributes
+    /// `lens[q]` elements (`send`, on this rank `lens[rank]` long), placed in
+    /// rank order in `recv`.
+    fn all_gather<T: Equivalence>(
+        &mut self,
+        send: &[T],
+        lens: &[usize],
+        recv: &mut [T],
+    ) -> Result<(), CountOverflow> {
+        let (counts, displs) = partition("all-gather", lens.iter().copied())?;
+        let t0 = Instant::now();
+        let mut part = PartitionMut::new(recv, &counts[..], &displs[..]);
+        self.comm.all_gather_varcount_into(send, &mut part);
+        self.account(self.frac() * (std::mem::size_of_val(recv)) as f64, t0);
+        Ok(())
     }
 }

@@ -6,7 +6,10 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod exec;
 pub mod fsutil;
 pub mod kernels;

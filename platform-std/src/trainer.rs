@@ -25,13 +25,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
+use cllm_core::accumulate::{ExactAcc, F32Acc, FixedAcc};
 use cllm_core::kernels::{Kernels, Portable};
 use cllm_core::model::{self, GptConfig};
 use cllm_core::optim::{self, LrSchedule};
 
 use crate::checkpoint::{self, Checkpoint, CkptError, LoadedCheckpoint, LoadedModel, TrainerState};
 use crate::data::{self, DataError, LoadOptions};
+use crate::dist::{
+    self, all_ok, Collectives, CrossRank, DistError, DistSettings, DistStepStats, RankLayout,
+    Reduction, Scratch, Solo,
+};
 use crate::exec::{ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UpdateSettings};
 use crate::fsutil::{create_dir_all_durable, FsError};
 use crate::metrics::{MetricsError, MetricsRecord, MetricsWriter};
@@ -73,11 +77,16 @@ pub enum TrainError {
     Step {
         /// The 1-based step that failed.
         step: u64,
-        /// Why.
-        error: ExecError,
+        /// Why (in one process always [`DistError::Exec`]).
+        error: DistError,
         /// The newest intact checkpoint.
         last_checkpoint: Option<PathBuf>,
     },
+    /// Another rank of a multi-process run failed (it reports why).
+    OtherRank(usize),
+    /// The ranks of a multi-process run did not set up the same run
+    /// (different files or flags).
+    Disagree(String),
 }
 
 impl fmt::Display for TrainError {
@@ -90,6 +99,8 @@ impl fmt::Display for TrainError {
             TrainError::Metrics(e) => write!(f, "{e}"),
             TrainError::Io(e) => write!(f, "{e}"),
             TrainError::Resume(s) => f.write_str(s),
+            TrainError::OtherRank(r) => write!(f, "rank {r} failed (its message says why)"),
+            TrainError::Disagree(s) => f.write_str(s),
             TrainError::Step {
                 step,
                 error,
@@ -143,8 +154,13 @@ pub struct StepEvent {
     pub grad_norm: f32,
     /// Tokens per second of this step.
     pub tokens_per_s: f64,
+    /// Wall time of this step, in seconds.
+    pub seconds: f64,
     /// Units recomputed after a worker failure.
     pub retried_units: u32,
+    /// The cross-rank figures of a multi-process step (`None` in one
+    /// process).
+    pub dist: Option<DistStepStats>,
 }
 
 /// Receives the trainer's reports. Every method has an empty default.
@@ -239,7 +255,7 @@ pub trait AccTask {
     /// Runs with `acc`.
     fn run<A>(self, acc: A) -> Self::Output
     where
-        A: Accumulator + Send + 'static,
+        A: CrossRank,
         A::Cell: 'static;
 }
 
@@ -294,6 +310,9 @@ struct Prepared {
     elapsed_before: f64,
     inject: Option<FailureInjection>,
     step_delay: Option<std::time::Duration>,
+    /// Fingerprint of what the ranks of a multi-process run must agree on
+    /// (configuration, corpus, tokenized length).
+    agreement: u64,
 }
 
 fn corpus_json(bytes: usize, fp: u64) -> Value {
@@ -552,11 +571,19 @@ fn prepare(
     given: RunConfig,
     explicit: &[&str],
     opts: &TrainOptions,
+    ranks: usize,
     obs: &mut dyn Observer,
 ) -> Result<Prepared, TrainError> {
     given.validate()?;
     let (cfg, resumed, run_dir) = resolve_run(given, explicit, obs)?;
     let mut cfg = cfg;
+    if ranks > 1 && cfg.accumulator == AccumulatorKind::BigFloat {
+        return Err(ConfigError(format!(
+            "--accumulator bigfloat runs in one process only (its cells have no fixed-width \
+             wire form), not on {ranks} ranks; exact gives the same bits on any rank count"
+        ))
+        .into());
+    }
     cfg.out = Some(run_dir.clone());
     let pretrained = match (cfg.init_from.clone(), &resumed) {
         (Some(dir), None) => Some(init_from(&mut cfg, &dir, explicit, obs)?),
@@ -593,6 +620,7 @@ fn prepare(
     }
     let tokenizer = choose_tokenizer(&mut cfg, &resumed, &pretrained, corpus.bytes(), obs)?;
     let store = corpus.into_tokens(&tokenizer)?;
+    let n_tokens = store.len();
     data::check_len(store.len(), cfg.seq_len)?;
     let (train, val) = data::split_train_val(store.len(), cfg.val_fraction)?;
     train.check(cfg.seq_len, "training split")?;
@@ -670,6 +698,14 @@ fn prepare(
     let (start_step, elapsed_before) = resumed
         .as_ref()
         .map_or((0, 0.0), |ck| (ck.state.step, ck.state.elapsed_s));
+    // Everything but the per-process resolved values (threads may differ
+    // between machines).
+    let mut agreed = saved_config.clone();
+    if let Some(r) = agreed.get_mut("resolved").and_then(Value::as_object_mut) {
+        r.remove("threads");
+    }
+    agreed["threads"] = Value::Null;
+    let agreement = fingerprint(format!("{agreed} {n_tokens} {start_step}").as_bytes());
     Ok(Prepared {
         cfg,
         saved_config,
@@ -686,6 +722,7 @@ fn prepare(
         elapsed_before,
         inject: opts.inject_failure,
         step_delay: opts.step_delay,
+        agreement,
     })
 }
 
@@ -699,21 +736,74 @@ pub fn train(
     opts: &TrainOptions,
     obs: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
-    let prep = prepare(cfg, explicit, opts, obs)?;
+    train_with(cfg, explicit, opts, obs, &mut Solo, DistSettings::default())
+}
+
+/// [`train`] as one rank of a multi-process run: every rank calls it with
+/// the same arguments and its own `comm`. Each rank computes its block of
+/// the step's units ([`RankLayout`]) and the gradients meet through `comm`
+/// ([`dist::train_step`]); with one rank it is exactly [`train`] (the same
+/// single-process step). Rank 0 alone writes the run directory (metrics,
+/// plot, checkpoints with the gathered optimizer state, the final model)
+/// and evaluates; `obs` should be [`Silent`] on the other ranks.
+///
+/// An error that every rank sees (a bad flag) is returned on every rank;
+/// an error of one rank during set-up or a save comes back on the others as
+/// [`TrainError::OtherRank`]. An error inside a step can leave the other
+/// ranks waiting in a collective: the caller should end the job.
+pub fn train_with(
+    cfg: RunConfig,
+    explicit: &[&str],
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+    comm: &mut dyn Collectives,
+    settings: DistSettings,
+) -> Result<TrainOutcome, TrainError> {
+    let prep = prepare(cfg, explicit, opts, comm.size(), obs);
+    // Set-up is deterministic, but one rank can still fail alone (a file it
+    // cannot read): agree before any rank enters a step's collectives.
+    let prep = all_ok(comm, prep, TrainError::OtherRank)?;
+    if !agree(comm, prep.agreement) {
+        return Err(TrainError::Disagree(format!(
+            "the {} ranks did not prepare the same run (different data, checkpoint or flags on \
+             some machine); every rank must see the same files",
+            comm.size()
+        )));
+    }
     let (kind, precision) = (prep.cfg.accumulator, prep.cfg.precision);
-    dispatch_accumulator(kind, precision, AccStage { prep, obs })?
+    dispatch_accumulator(
+        kind,
+        precision,
+        AccStage {
+            prep,
+            obs,
+            comm,
+            settings,
+        },
+    )?
+}
+
+/// Whether every rank has the same `value` (one max-reduction of `x` and
+/// `-x`).
+fn agree(comm: &mut dyn Collectives, value: u64) -> bool {
+    let x = (value >> 1) as i64;
+    let mut max = [0i64; 2];
+    comm.max_i64(&[x, -x], &mut max);
+    max[0] == -max[1]
 }
 
 struct AccStage<'o> {
     prep: Prepared,
     obs: &'o mut dyn Observer,
+    comm: &'o mut dyn Collectives,
+    settings: DistSettings,
 }
 
 impl AccTask for AccStage<'_> {
     type Output = Result<TrainOutcome, TrainError>;
     fn run<A>(self, acc: A) -> Self::Output
     where
-        A: Accumulator + Send + 'static,
+        A: CrossRank,
         A::Cell: 'static,
     {
         let sel = self.prep.cfg.kernels;
@@ -722,6 +812,8 @@ impl AccTask for AccStage<'_> {
             KernelStage {
                 prep: self.prep,
                 obs: self.obs,
+                comm: self.comm,
+                settings: self.settings,
                 acc,
             },
         )
@@ -731,12 +823,14 @@ impl AccTask for AccStage<'_> {
 struct KernelStage<'o, A> {
     prep: Prepared,
     obs: &'o mut dyn Observer,
+    comm: &'o mut dyn Collectives,
+    settings: DistSettings,
     acc: A,
 }
 
 impl<A> KernelTask for KernelStage<'_, A>
 where
-    A: Accumulator + Send + 'static,
+    A: CrossRank,
     A::Cell: 'static,
 {
     type Output = Result<TrainOutcome, TrainError>;
@@ -745,7 +839,11 @@ where
         kernels: K,
         label: String,
     ) -> Self::Output {
-        run_loop(self.prep, self.acc, kernels, &label, self.obs)
+        let dist = Dist {
+            comm: self.comm,
+            settings: self.settings,
+        };
+        run_loop(self.prep, self.acc, kernels, &label, self.obs, dist)
     }
 }
 
@@ -760,20 +858,17 @@ struct Saver<'a> {
 }
 
 impl Saver<'_> {
-    fn save<A, K>(
+    /// Writes `checkpoint-STEP` from the parameters and the whole optimizer
+    /// state (`m`, `v`).
+    fn save(
         &self,
-        h: &Hierarchy<A, K>,
+        params: &[f32],
+        (m, v): (&[f32], &[f32]),
         step: u64,
         elapsed: f64,
-    ) -> Result<PathBuf, TrainError>
-    where
-        A: Accumulator + Send + 'static,
-        A::Cell: 'static,
-        K: Kernels<f32> + Send + 'static,
-    {
+    ) -> Result<PathBuf, TrainError> {
         let p = self.prep;
-        let model = self.layout.refs(h.params());
-        let (m, v) = h.optimizer_state();
+        let model = self.layout.refs(params);
         let n = [m.len()];
         let optimizer: Vec<checkpoint::TensorRef> = match p.cfg.optimizer {
             OptimizerKind::AdamW => vec![
@@ -831,64 +926,27 @@ fn run_loop<A, K>(
     kernels: K,
     kernel_label: &str,
     obs: &mut dyn Observer,
+    mut dist: Dist<'_>,
 ) -> Result<TrainOutcome, TrainError>
 where
-    A: Accumulator + Send + 'static,
+    A: CrossRank,
     A::Cell: 'static,
     K: Kernels<f32> + Send + Sync + 'static,
 {
     let cfg = prep.cfg.clone();
+    let (rank0, multi) = (dist.comm.rank() == 0, dist.comm.size() > 1);
     let layout = tensors::Layout::new(&prep.model);
     let p = prep.model.num_params();
 
-    // Parameters and optimizer state: from the checkpoint or fresh.
-    let (params, moments) = match &prep.resumed {
-        Some(ck) => {
-            let params = layout.flatten(&ck.dir.join(checkpoint::MODEL_FILE), &ck.model.model)?;
-            let opt_path = ck.dir.join(checkpoint::OPTIMIZER_FILE);
-            let vec = |name| tensors::optimizer_vector(&opt_path, &ck.optimizer, name, p);
-            let moments = match cfg.optimizer {
-                OptimizerKind::AdamW => {
-                    Some((vec(tensors::EXP_AVG)?, Some(vec(tensors::EXP_AVG_SQ)?)))
-                }
-                OptimizerKind::Sgd if cfg.momentum != 0.0 => {
-                    Some((vec(tensors::MOMENTUM_BUFFER)?, None))
-                }
-                OptimizerKind::Sgd => None,
-            };
-            (params, moments)
-        }
-        None => match &prep.pretrained {
-            Some(m) => {
-                let from = cfg.init_from.clone().unwrap_or_default();
-                let params = layout.flatten(&from.join(checkpoint::MODEL_FILE), &m.model)?;
-                (params, None)
-            }
-            None => {
-                let mut params = vec![0.0f32; p];
-                model::init_params(&prep.model, &mut params, cfg.seed)
-                    .map_err(|e| ConfigError(format!("invalid model: {e}")))?;
-                (params, None)
-            }
-        },
+    let ranks = RankLayout::new(prep.exec.shape, prep.exec.units, p, dist.comm.size());
+    // Scatter-gather over several ranks: each rank keeps the optimizer
+    // state of the segments it owns, and only those (ZeRO stage 1).
+    let shard = match (multi, dist.settings.reduction) {
+        (true, Reduction::ScatterGather) => ranks.owned_elements(dist.comm.rank()),
+        _ => 0..p,
     };
-    let source: Arc<dyn crate::exec::UnitSource> = prep.source.clone();
-    let mut h =
-        Hierarchy::new(prep.model, params, acc, kernels, source, prep.exec).map_err(|e| {
-            TrainError::Step {
-                step: prep.start_step,
-                error: e,
-                last_checkpoint: None,
-            }
-        })?;
-    if let Some((m, v)) = moments {
-        let (hm, hv) = h.optimizer_state_mut();
-        hm.copy_from_slice(&m);
-        if let Some(v) = v {
-            hv.copy_from_slice(&v);
-        }
-    }
-    h.inject_failure(prep.inject);
+    let built = build_hierarchy(&prep, &layout, acc, kernels, shard);
+    let mut h = dist.all_ok(built)?;
 
     let total = prep.total_steps;
     let start = prep.start_step;
@@ -908,14 +966,24 @@ where
         memory: h.memory_bytes(),
         steps: (start, total),
     }));
+    if multi {
+        obs.message(&format!(
+            "ranks: {} ({} reduction), units per rank {:?}",
+            dist.comm.size(),
+            dist.settings.reduction.name(),
+            ranks.unit_lens()
+        ));
+    }
 
     let run_dir = prep.run_dir.clone();
-    create_dir_all_durable(&run_dir)?;
-    checkpoint::clean_stale_temp(&run_dir)?;
-    let (mut metrics, mut records) = if prep.resumed.is_some() {
-        MetricsWriter::resume(&run_dir, start)?
+    let opened = if rank0 {
+        open_run_dir(&run_dir, prep.resumed.is_some(), start).map(Some)
     } else {
-        (MetricsWriter::create(&run_dir)?, Vec::new())
+        Ok(None)
+    };
+    let (mut metrics, mut records) = match dist.all_ok(opened)? {
+        Some((m, r)) => (Some(m), r),
+        None => (None, Vec::new()),
     };
     let saver = Saver {
         prep: &prep,
@@ -958,28 +1026,53 @@ where
     // Loss and time since the last metrics record.
     let (mut sum_loss, mut n_loss, mut step_time) = (0.0f64, 0u64, 0.0f64);
 
+    let mut scratch = Scratch::default();
+
     if start == total && resumed_at != Some(total) {
         // --steps 0 (or nothing left): the model as it is.
-        last_ckpt = Some(saver.save(&h, total, elapsed(&t0))?);
+        let path = save_all(&saver, &h, &mut dist, &ranks, total, elapsed(&t0), None)?;
+        last_ckpt = path.or(last_ckpt);
     }
     for step in start..total {
         let lr = schedule.lr(step);
         let ts = Instant::now();
-        let stats = h
-            .train_step(
+        let update = UpdateSettings {
+            optimizer,
+            lr,
+            grad_clip: cfg.grad_clip as f32,
+            t: step + 1,
+        };
+        let stats = if multi || dist.settings.sync_timing {
+            dist::train_step(
+                &mut h,
+                dist.comm,
+                &ranks,
+                dist.settings,
                 step,
-                UpdateSettings {
-                    optimizer,
-                    lr,
-                    grad_clip: cfg.grad_clip as f32,
-                    t: step + 1,
-                },
+                update,
+                &mut scratch,
             )
-            .map_err(|error| TrainError::Step {
-                step: step + 1,
-                error,
-                last_checkpoint: last_ckpt.clone(),
-            })?;
+            .map(|s| StepFigures {
+                loss: s.loss,
+                grad_norm: s.grad_norm,
+                retried_units: 0,
+                dist: Some(s),
+            })
+        } else {
+            h.train_step(step, update)
+                .map(|s| StepFigures {
+                    loss: s.loss,
+                    grad_norm: s.grad_norm,
+                    retried_units: s.retried_units,
+                    dist: None,
+                })
+                .map_err(DistError::from)
+        };
+        let stats = stats.map_err(|error| TrainError::Step {
+            step: step + 1,
+            error,
+            last_checkpoint: last_ckpt.clone(),
+        })?;
         let dt = ts.elapsed().as_secs_f64();
         let done = step + 1;
         if !stats.loss.is_finite() {
@@ -988,7 +1081,8 @@ where
                 error: ExecError::Config(format!(
                     "the loss is {} (training diverged; lower --learning-rate or set --grad-clip)",
                     stats.loss
-                )),
+                ))
+                .into(),
                 last_checkpoint: last_ckpt.clone(),
             });
         }
@@ -1003,23 +1097,36 @@ where
             lr,
             grad_norm: stats.grad_norm,
             tokens_per_s: tokens_per_step / dt.max(1e-9),
+            seconds: dt,
             retried_units: stats.retried_units,
+            dist: stats.dist,
         });
 
         let is_last = done == total;
         let eval_now = has_val && (is_last || (cfg.eval_every > 0 && done % cfg.eval_every == 0));
-        let val = if eval_now {
-            let v = h.evaluate().map_err(|error| TrainError::Step {
-                step: done,
-                error,
-                last_checkpoint: last_ckpt.clone(),
-            })?;
-            last_val = v;
-            v
+        let log_now = is_last || done % cfg.log_every == 0;
+        // Every rank holds the same parameters: rank 0 evaluates for all
+        // and writes the metrics; the others learn whether that worked.
+        let mut io: Result<(), TrainError> = Ok(());
+        let val = if eval_now && rank0 {
+            match h.evaluate() {
+                Ok(v) => {
+                    last_val = v;
+                    v
+                }
+                Err(error) => {
+                    io = Err(TrainError::Step {
+                        step: done,
+                        error: error.into(),
+                        last_checkpoint: last_ckpt.clone(),
+                    });
+                    None
+                }
+            }
         } else {
             None
         };
-        if is_last || done % cfg.log_every == 0 || val.is_some() {
+        if log_now || val.is_some() {
             let rec = MetricsRecord {
                 step: done,
                 train_loss: sum_loss / n_loss.max(1) as f64,
@@ -1030,23 +1137,43 @@ where
                 tokens_per_s: n_loss as f64 * tokens_per_step / step_time.max(1e-9),
                 elapsed_s: elapsed(&t0),
             };
-            metrics.append(&rec)?;
-            obs.record(&rec);
-            records.push(rec);
+            if let (Some(m), Ok(())) = (&mut metrics, &io) {
+                io = m.append(&rec).map_err(Into::into);
+                obs.record(&rec);
+                records.push(rec);
+            }
             (sum_loss, n_loss, step_time) = (0.0, 0, 0.0);
         }
+        if eval_now || log_now {
+            dist.all_ok(io)?;
+        }
         if is_last || (cfg.save_every > 0 && done % cfg.save_every == 0) {
-            let path = saver.save(&h, done, elapsed(&t0))?;
-            plot::write_loss_svg(&run_dir.join(LOSS_PLOT), &records, &title)?;
-            obs.saved(done, &path);
-            last_ckpt = Some(path);
+            let plot = (records.as_slice(), title.as_str());
+            if let Some(path) = save_all(
+                &saver,
+                &h,
+                &mut dist,
+                &ranks,
+                done,
+                elapsed(&t0),
+                Some(plot),
+            )? {
+                obs.saved(done, &path);
+                last_ckpt = Some(path);
+            }
         }
         if let Some(d) = prep.step_delay {
             std::thread::sleep(d);
         }
     }
-    saver.final_model(h.params())?;
-    plot::write_loss_svg(&run_dir.join(LOSS_PLOT), &records, &title)?;
+    let written = if rank0 {
+        saver.final_model(h.params()).and_then(|()| {
+            plot::write_loss_svg(&run_dir.join(LOSS_PLOT), &records, &title).map_err(Into::into)
+        })
+    } else {
+        Ok(())
+    };
+    dist.all_ok(written)?;
     obs.finished();
     let train_seconds = t0.elapsed().as_secs_f64();
     let model = LoadedGpt {
@@ -1066,6 +1193,160 @@ where
         train_seconds,
         model,
     })
+}
+
+/// The hierarchy with the run's starting parameters and optimizer state:
+/// from the checkpoint, the pretrained model or a fresh initialisation.
+fn build_hierarchy<A, K>(
+    prep: &Prepared,
+    layout: &tensors::Layout,
+    acc: A,
+    kernels: K,
+    shard: std::ops::Range<usize>,
+) -> Result<Hierarchy<A, K>, TrainError>
+where
+    A: CrossRank,
+    A::Cell: 'static,
+    K: Kernels<f32> + Send + Sync + 'static,
+{
+    let cfg = &prep.cfg;
+    let p = prep.model.num_params();
+    // Parameters and optimizer state: from the checkpoint or fresh.
+    let (params, moments) = match &prep.resumed {
+        Some(ck) => {
+            let params = layout.flatten(&ck.dir.join(checkpoint::MODEL_FILE), &ck.model.model)?;
+            let opt_path = ck.dir.join(checkpoint::OPTIMIZER_FILE);
+            let vec = |name| tensors::optimizer_vector(&opt_path, &ck.optimizer, name, p);
+            let moments = match cfg.optimizer {
+                OptimizerKind::AdamW => {
+                    Some((vec(tensors::EXP_AVG)?, Some(vec(tensors::EXP_AVG_SQ)?)))
+                }
+                OptimizerKind::Sgd if cfg.momentum != 0.0 => {
+                    Some((vec(tensors::MOMENTUM_BUFFER)?, None))
+                }
+                OptimizerKind::Sgd => None,
+            };
+            (params, moments)
+        }
+        None => match &prep.pretrained {
+            Some(m) => {
+                let from = cfg.init_from.clone().unwrap_or_default();
+                let params = layout.flatten(&from.join(checkpoint::MODEL_FILE), &m.model)?;
+                (params, None)
+            }
+            None => {
+                let mut params = vec![0.0f32; p];
+                model::init_params(&prep.model, &mut params, cfg.seed)
+                    .map_err(|e| ConfigError(format!("invalid model: {e}")))?;
+                (params, None)
+            }
+        },
+    };
+    let source: Arc<dyn crate::exec::UnitSource> = prep.source.clone();
+    let mut h = Hierarchy::with_optimizer_shard(
+        prep.model,
+        params,
+        acc,
+        kernels,
+        source,
+        prep.exec,
+        shard.clone(),
+    )
+    .map_err(|e| TrainError::Step {
+        step: prep.start_step,
+        error: e.into(),
+        last_checkpoint: None,
+    })?;
+    if let Some((m, v)) = moments {
+        let (hm, hv) = h.optimizer_state_mut();
+        hm.copy_from_slice(&m[shard.clone()]);
+        if let Some(v) = v {
+            hv.copy_from_slice(&v[shard]);
+        }
+    }
+    h.inject_failure(prep.inject);
+    Ok(h)
+}
+
+/// The communicator of a run and how its steps cross ranks.
+struct Dist<'c> {
+    comm: &'c mut dyn Collectives,
+    settings: DistSettings,
+}
+
+impl Dist<'_> {
+    /// `r` when every rank succeeded (one collective; skipped in one
+    /// process).
+    fn all_ok<T>(&mut self, r: Result<T, TrainError>) -> Result<T, TrainError> {
+        if self.comm.size() == 1 {
+            return r;
+        }
+        all_ok(self.comm, r, TrainError::OtherRank)
+    }
+}
+
+/// What the loop reads of a step, from either kind of step.
+struct StepFigures {
+    loss: f32,
+    grad_norm: f32,
+    retried_units: u32,
+    dist: Option<DistStepStats>,
+}
+
+/// Creates (or reopens) the run directory and its metrics (rank 0 only).
+fn open_run_dir(
+    run_dir: &Path,
+    resumed: bool,
+    start: u64,
+) -> Result<(MetricsWriter, Vec<MetricsRecord>), TrainError> {
+    create_dir_all_durable(run_dir)?;
+    checkpoint::clean_stale_temp(run_dir)?;
+    Ok(if resumed {
+        MetricsWriter::resume(run_dir, start)?
+    } else {
+        (MetricsWriter::create(run_dir)?, Vec::new())
+    })
+}
+
+/// Writes `checkpoint-STEP` (and the loss plot) on rank 0 after gathering
+/// the optimizer state from the segment owners. Collective: every rank
+/// calls it; it returns the path on rank 0 and `None` elsewhere.
+fn save_all<A, K>(
+    saver: &Saver<'_>,
+    h: &Hierarchy<A, K>,
+    dist: &mut Dist<'_>,
+    layout: &RankLayout,
+    step: u64,
+    elapsed: f64,
+    plot: Option<(&[MetricsRecord], &str)>,
+) -> Result<Option<PathBuf>, TrainError>
+where
+    A: CrossRank,
+    A::Cell: 'static,
+    K: Kernels<f32> + Send + 'static,
+{
+    let write = |m: &[f32], v: &[f32]| -> Result<PathBuf, TrainError> {
+        let path = saver.save(h.params(), (m, v), step, elapsed)?;
+        if let Some((records, title)) = plot {
+            plot::write_loss_svg(&saver.prep.run_dir.join(LOSS_PLOT), records, title)?;
+        }
+        Ok(path)
+    };
+    if dist.comm.size() == 1 {
+        let (m, v) = h.optimizer_state();
+        return write(m, v).map(Some);
+    }
+    let gathered = dist::gather_optimizer_state(h, dist.comm, layout, dist.settings.reduction)
+        .map_err(|error| TrainError::Step {
+            step,
+            error,
+            last_checkpoint: None,
+        })?;
+    let written = match gathered {
+        Some((m, v)) => write(&m, &v).map(Some),
+        None => Ok(None),
+    };
+    dist.all_ok(written)
 }
 
 fn acc_name(cfg: &RunConfig) -> &'static str {

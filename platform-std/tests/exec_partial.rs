@@ -11,7 +11,7 @@ use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
 use cllm_core::kernels::Portable;
 use cllm_core::model::{self, GptConfig};
 use cllm_core::optim::AdamW;
-use cllm_core::reduce::{reduce_sequential, sequential_cell_len, sequential_f32_len};
+use cllm_core::reduce::{reduce_sequential, sequential_cell_len, sequential_f32_len, Segments};
 use cllm_core::tree::Shape;
 use cllm_std::exec::{
     leaf_block_units, ExecConfig, ExecError, Hierarchy, Optimizer, UnitSource, UpdateSettings,
@@ -106,7 +106,8 @@ fn blocks(leaves: u32, n: u32) -> Vec<Range<u32>> {
 
 /// Train `steps` steps with the step split over `ranks` simulated ranks
 /// (each with its own hierarchy and thread count), the optimizer sharded by
-/// contiguous segment blocks; returns (params, m, v, losses).
+/// contiguous segment blocks — each rank holds optimizer state for its own
+/// block only (ZeRO stage 1); returns (params, m, v, losses).
 fn split_run<A: Accumulator + Send + Clone + 'static>(
     acc: &A,
     shape: Shape,
@@ -117,14 +118,33 @@ fn split_run<A: Accumulator + Send + Clone + 'static>(
 where
     A::Cell: Clone + 'static,
 {
-    let mut hs: Vec<_> = (0..ranks)
-        .map(|r| hierarchy(acc.clone(), cfg(shape, 1 + r as usize % 3, units), params()))
-        .collect();
-    let leaf_blocks = blocks(shape.leaf_count(), ranks);
-    let nseg = hs[0].segments().count();
+    let segments = Segments::new(MODEL.num_params());
+    let nseg = segments.count();
     let seg_blocks: Vec<Range<usize>> = (0..ranks as usize)
         .map(|r| r * nseg / ranks as usize..(r + 1) * nseg / ranks as usize)
         .collect();
+    // range(nseg) is the empty range at the end of the buffer.
+    let elements =
+        |segs: &Range<usize>| segments.range(segs.start).start..segments.range(segs.end).start;
+    let mut hs: Vec<_> = (0..ranks)
+        .map(|r| {
+            let c = cfg(shape, 1 + r as usize % 3, units);
+            let shard = elements(&seg_blocks[r as usize]);
+            let h = Hierarchy::with_optimizer_shard(
+                MODEL,
+                params(),
+                acc.clone(),
+                Portable,
+                Arc::new(Hashed),
+                c,
+                shard.clone(),
+            )
+            .unwrap();
+            assert_eq!(h.optimizer_state().0.len(), shard.len());
+            h
+        })
+        .collect();
+    let leaf_blocks = blocks(shape.leaf_count(), ranks);
     let mut losses = Vec::new();
     for step in 0..steps {
         let mut unit_losses = vec![0.0f32; units];
@@ -170,11 +190,10 @@ where
         vec![0.0f32; MODEL.num_params()],
     );
     for (h, segs) in hs.iter().zip(&seg_blocks) {
-        for s in segs.clone() {
-            let r = hs[0].segments().range(s);
-            m[r.clone()].copy_from_slice(&h.optimizer_state().0[r.clone()]);
-            v[r.clone()].copy_from_slice(&h.optimizer_state().1[r]);
-        }
+        let r = elements(segs);
+        assert_eq!(h.optimizer_shard(), r);
+        m[r.clone()].copy_from_slice(h.optimizer_state().0);
+        v[r].copy_from_slice(h.optimizer_state().1);
     }
     (bits(hs[0].params()), bits(&m), bits(&v), losses)
 }
@@ -317,4 +336,42 @@ fn ranges_outside_the_tree_are_errors() {
     // Rejected arguments do not poison the hierarchy.
     h.compute_partial(0, 1..3).unwrap();
     assert_eq!(h.merged_cells().len(), MODEL.num_params());
+}
+
+#[test]
+fn a_sharded_hierarchy_updates_only_its_shard() {
+    let shape = Shape::new(1, 4).unwrap();
+    let seg = Segments::new(MODEL.num_params());
+    let shard = seg.range(1).start..seg.range(3).start;
+    let build = |shard: Range<usize>| {
+        Hierarchy::with_optimizer_shard(
+            MODEL,
+            params(),
+            ExactAcc,
+            Portable,
+            Arc::new(Hashed),
+            cfg(shape, 2, 4),
+            shard,
+        )
+    };
+    // Not a block of whole segments.
+    for bad in [1..seg.range(1).end, 0..MODEL.num_params() + 1] {
+        assert!(matches!(build(bad), Err(ExecError::Config(_))));
+    }
+    let mut h = build(shard.clone()).unwrap();
+    assert_eq!(h.optimizer_state().0.len(), shard.len());
+    // A whole-model step and segments outside the shard need state it
+    // does not hold: clear errors, and the hierarchy stays usable.
+    assert!(matches!(
+        h.train_step(0, update(1)),
+        Err(ExecError::Config(_))
+    ));
+    h.compute_partial(0, 0..4).unwrap();
+    h.finish_gradients(0..seg.count()).unwrap();
+    assert!(matches!(
+        h.apply_update(0..2, 1.0, update(1)),
+        Err(ExecError::Config(_))
+    ));
+    h.apply_update(1..3, 1.0, update(1)).unwrap();
+    assert!(h.optimizer_state().1.iter().any(|&x| x != 0.0));
 }

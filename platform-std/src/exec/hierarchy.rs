@@ -70,6 +70,25 @@ where
         source: Arc<dyn UnitSource>,
         cfg: ExecConfig,
     ) -> Result<Self, ExecError> {
+        let all = 0..model.num_params();
+        Self::with_optimizer_shard(model, params, acc, kernels, source, cfg, all)
+    }
+
+    /// [`new`](Self::new), holding optimizer state only for the elements
+    /// `shard` of the parameter vector (one rank's block of whole segments,
+    /// ZeRO stage 1): `m` and `v` take `2 × shard.len()` floats instead of
+    /// `2 × P`. Such a hierarchy can only update segments inside its shard
+    /// ([`apply_update`](Self::apply_update)); [`train_step`](Self::train_step)
+    /// needs the whole state.
+    pub fn with_optimizer_shard(
+        model: GptConfig,
+        params: Vec<f32>,
+        acc: A,
+        kernels: K,
+        source: Arc<dyn UnitSource>,
+        cfg: ExecConfig,
+        shard: std::ops::Range<usize>,
+    ) -> Result<Self, ExecError> {
         model
             .validate()
             .map_err(|e| ExecError::Config(e.to_string()))?;
@@ -103,6 +122,13 @@ where
         let per_worker = unit_buffers_per_worker(cfg.units, t, p);
         let (slots, accs) = reduction_buffers(&cfg, A::ASSOCIATIVE, p);
         let segments = Segments::new(p);
+        let aligned = |e: usize| e == p || e.is_multiple_of(segments.segment_len());
+        if shard.start > shard.end || shard.end > p || !aligned(shard.start) || !aligned(shard.end)
+        {
+            return bad(format!(
+                "optimizer shard {shard:?} is not a block of whole segments of the {p} parameters"
+            ));
+        }
         let owned = Buf::new(t + 1, || 0usize);
 
         let eval_units = source.eval_units();
@@ -111,8 +137,9 @@ where
             owned,
             // The caller's vector becomes the parameter buffer (no copy).
             params: Buf::from_vec(params),
-            m: Buf::zeros(p),
-            v: Buf::zeros(p),
+            m: Buf::zeros(shard.len()),
+            v: Buf::zeros(shard.len()),
+            state: shard,
             slots: (0..slots).map(|_| Buf::zeros(p)).collect(),
             accs: (0..accs).map(|_| Buf::new(p, || acc.zero_cell())).collect(),
             seg_norms: Buf::new(segments.count(), || 0.0),
@@ -161,7 +188,7 @@ where
         let f = std::mem::size_of::<f32>();
         let cell = std::mem::size_of::<A::Cell>();
         let work = sh.work_len;
-        3 * p * f
+        (p + sh.m.len() + sh.v.len()) * f
             + sh.slots.len() * p * f
             + sh.accs.len() * p * cell
             + sh.cfg.threads * (work * f + 2 * sh.cfg.micro_batch * sh.cfg.seq_len * 4)
@@ -191,7 +218,9 @@ where
         unsafe { self.shared.params.all_mut() }
     }
 
-    /// AdamW first and second moments (SGD uses `m` as momentum).
+    /// AdamW first and second moments (SGD uses `m` as momentum) of the
+    /// elements [`optimizer_shard`](Self::optimizer_shard) (all of them
+    /// unless built with [`with_optimizer_shard`](Self::with_optimizer_shard)).
     pub fn optimizer_state(&self) -> (&[f32], &[f32]) {
         // SAFETY: as for `params`.
         unsafe { (self.shared.m.all(), self.shared.v.all()) }
@@ -201,6 +230,24 @@ where
     pub fn optimizer_state_mut(&mut self) -> (&mut [f32], &mut [f32]) {
         // SAFETY: as for `params_mut`; m and v are distinct buffers.
         unsafe { (self.shared.m.all_mut(), self.shared.v.all_mut()) }
+    }
+
+    /// The elements of the parameter vector whose optimizer state this
+    /// hierarchy holds.
+    pub fn optimizer_shard(&self) -> std::ops::Range<usize> {
+        self.shared.state.clone()
+    }
+
+    fn whole_state(&self) -> Result<(), ExecError> {
+        let p = self.shared.segments.len();
+        match self.shared.state == (0..p) {
+            true => Ok(()),
+            false => Err(ExecError::Config(format!(
+                "a whole-model update needs the whole optimizer state; this hierarchy holds \
+                 elements {:?} of {p}",
+                self.shared.state
+            ))),
+        }
     }
 
     /// The mean gradient of the last step (after reduction, before clipping),
@@ -238,6 +285,7 @@ where
         step: u64,
         update: UpdateSettings,
     ) -> Result<StepStats, ExecError> {
+        self.whole_state()?;
         self.run(Job::Train {
             step,
             update: Some(update),

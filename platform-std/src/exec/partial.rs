@@ -121,6 +121,14 @@ where
         update: UpdateSettings,
     ) -> Result<(), ExecError> {
         self.check_segments(&segments)?;
+        let (held, seg) = (&self.shared.state, &self.shared.segments);
+        let elements = seg.range(segments.start).start..seg.range(segments.end).start;
+        if !segments.is_empty() && (elements.start < held.start || elements.end > held.end) {
+            return Err(ExecError::Config(format!(
+                "segments {segments:?} (elements {elements:?}) lie outside the held optimizer \
+                 state {held:?}"
+            )));
+        }
         self.dispatch(Job::Update {
             segments: Span::of(segments),
             grad_norm,

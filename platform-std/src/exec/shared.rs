@@ -120,6 +120,10 @@ pub(super) struct Shared<A: Accumulator, K> {
     pub(super) owned: Buf<usize>,
 
     pub(super) params: Buf<f32>,
+    /// The elements of the parameter vector whose optimizer state this
+    /// hierarchy holds (`m`, `v` cover exactly these): all of them, or one
+    /// rank's shard (ZeRO stage 1).
+    pub(super) state: std::ops::Range<usize>,
     pub(super) m: Buf<f32>,
     pub(super) v: Buf<f32>,
     /// f32 mode: the FoldPlan's physical buffers; associative mode: the

@@ -45,13 +45,16 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         let scale = optim::clip_scale(norm, up.grad_clip);
         for s in ids {
             let r = self.segments.range(s);
+            // The held optimizer state starts at element `state.start`
+            // (callers only update segments inside it).
+            let held = r.start - self.state.start..r.end - self.state.start;
             // SAFETY: worker id alone updates segment s (params, m, v).
             let (p, g, m, v) = unsafe {
                 (
                     self.params.get_mut(r.clone()),
                     self.slots[GRAD].get(r.clone()),
-                    self.m.get_mut(r.clone()),
-                    self.v.get_mut(r.clone()),
+                    self.m.get_mut(held.clone()),
+                    self.v.get_mut(held),
                 )
             };
             let m = if matches!(up.optimizer, Optimizer::Sgd(o) if o.momentum == 0.0) {

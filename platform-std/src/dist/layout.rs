@@ -3,9 +3,9 @@
 
 use std::ops::Range;
 
+use crate::exec::leaf_block_units;
 use cllm_core::reduce::Segments;
 use cllm_core::tree::Shape;
-use cllm_std::exec::leaf_block_units;
 
 /// The split of one step over `ranks` ranks.
 ///
@@ -22,18 +22,46 @@ pub struct RankLayout {
     units: usize,
     segments: Segments,
     ranks: usize,
+    /// Per rank: units, owned segments, owned elements (the block lengths
+    /// the collectives take, computed once).
+    unit_lens: Vec<usize>,
+    segment_lens: Vec<usize>,
+    element_lens: Vec<usize>,
 }
 
 impl RankLayout {
     /// The layout of a step of `units` units over `shape`, for a parameter
     /// vector of `params` elements, on `ranks ≥ 1` ranks.
     pub fn new(shape: Shape, units: usize, params: usize, ranks: usize) -> RankLayout {
-        RankLayout {
+        let mut l = RankLayout {
             shape,
             units,
             segments: Segments::new(params),
             ranks: ranks.max(1),
-        }
+            unit_lens: Vec::new(),
+            segment_lens: Vec::new(),
+            element_lens: Vec::new(),
+        };
+        let r = 0..l.ranks;
+        l.unit_lens = r.clone().map(|r| l.units(r).len()).collect();
+        l.segment_lens = r.clone().map(|r| l.owned_segments(r).len()).collect();
+        l.element_lens = r.map(|r| l.owned_elements(r).len()).collect();
+        l
+    }
+
+    /// Units per rank.
+    pub fn unit_lens(&self) -> &[usize] {
+        &self.unit_lens
+    }
+
+    /// Owned segments per rank.
+    pub fn segment_lens(&self) -> &[usize] {
+        &self.segment_lens
+    }
+
+    /// Owned elements per rank.
+    pub fn element_lens(&self) -> &[usize] {
+        &self.element_lens
     }
 
     /// Number of ranks.
@@ -74,10 +102,7 @@ impl RankLayout {
     /// The largest block of elements a rank owns (the padded slot size of
     /// the fixed-size collectives).
     pub fn max_block(&self) -> usize {
-        (0..self.ranks)
-            .map(|r| self.owned_elements(r).len())
-            .max()
-            .unwrap_or(0)
+        self.element_lens.iter().copied().max().unwrap_or(0)
     }
 }
 

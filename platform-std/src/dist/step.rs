@@ -1,7 +1,6 @@
-//! One training step of the sphere hierarchy spread over MPI ranks.
-//!
-//! Each rank runs a [`Hierarchy`] over the whole model but computes only the
-//! units of its block of leaves ([`RankLayout::leaves`]). Then:
+//! One training step spread over ranks: compute this rank's units, reduce
+//! the partial sums across ranks by segment, finish and update, exchange
+//! parameters.
 //!
 //! * [`Reduction::ScatterGather`] (default): the partial sums are
 //!   reduce-scattered by segment block, each rank finishes and updates the
@@ -12,7 +11,7 @@
 //! * [`Reduction::AllReduce`]: the partial sums are all-reduced and every
 //!   rank finishes and updates the whole vector (replicated optimizer state).
 //!
-//! Fixed and exact accumulators cross ranks as integers ([`crate::wire`]),
+//! Fixed and exact accumulators cross ranks as integers ([`super::wire`]),
 //! so the result is bit-identical to `Hierarchy::train_step` in one process
 //! for every rank count, thread count and reduction. f32 partial sums are
 //! combined in rank order by the segment owner: the bits are a function of
@@ -22,13 +21,13 @@
 use std::fmt;
 use std::time::Instant;
 
+use crate::exec::{ExecError, Hierarchy, UpdateSettings};
 use cllm_core::accumulate::{AccError, Accumulator, ExactAcc, ExactCell, F32Acc, FixedAcc};
 use cllm_core::kernels::Kernels;
-use cllm_std::exec::{ExecError, Hierarchy, UpdateSettings};
 
-use crate::layout::RankLayout;
-use crate::net::{CountOverflow, Net};
-use crate::wire::{ExactWindow, FixedWire};
+use super::layout::RankLayout;
+use super::wire::{ExactWindow, FixedWire};
+use super::{Collectives, CountOverflow};
 
 /// How gradients meet across ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +39,10 @@ pub enum Reduction {
 }
 
 impl Reduction {
+    /// Every reduction, in `--reduce`'s order.
+    pub const ALL: [Reduction; 2] = [Reduction::ScatterGather, Reduction::AllReduce];
+
+    /// The `--reduce` spelling.
     pub fn name(self) -> &'static str {
         match self {
             Reduction::ScatterGather => "scatter-gather",
@@ -48,14 +51,50 @@ impl Reduction {
     }
 }
 
+impl std::str::FromStr for Reduction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Reduction::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("unknown reduction {s:?} (scatter-gather or allreduce)"))
+    }
+}
+
+/// How a distributed step runs (execution only: the bits do not depend on
+/// it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DistSettings {
+    /// How gradients meet across ranks.
+    pub reduction: Reduction,
+    /// Measurement aid: wait at a barrier before the exchange, so that
+    /// waiting for the slowest rank is timed apart from the exchange itself.
+    /// The trainer then runs this step on one rank too (instead of the
+    /// executor's own), so that one-rank figures have the same phases.
+    pub sync_timing: bool,
+}
+
+impl Default for DistSettings {
+    fn default() -> Self {
+        DistSettings {
+            reduction: Reduction::ScatterGather,
+            sync_timing: false,
+        }
+    }
+}
+
 /// Why a distributed step failed. Any of these leaves the ranks out of step,
-/// so the caller ends the job ([`Net::abort`]).
+/// so the caller ends the job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DistError {
+    /// The local executor failed.
     Exec(ExecError),
     /// The cross-rank sum left the accumulator's range (element index).
     Accumulate(AccError),
+    /// A collective's count overflowed.
     Count(CountOverflow),
+    /// This accumulator cannot cross ranks (its name).
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for DistError {
@@ -64,6 +103,11 @@ impl fmt::Display for DistError {
             DistError::Exec(e) => write!(f, "{e}"),
             DistError::Accumulate(e) => write!(f, "cross-rank gradient reduction failed: {e}"),
             DistError::Count(e) => write!(f, "{e}"),
+            DistError::Unsupported(acc) => write!(
+                f,
+                "the {acc} accumulator cannot cross ranks; use exact, fixed or f32 with more \
+                 than one rank"
+            ),
         }
     }
 }
@@ -90,6 +134,7 @@ pub struct Scratch {
     send_f32: Vec<f32>,
     recv_f32: Vec<f32>,
     norms: Vec<f64>,
+    lens: Vec<usize>,
     losses: Vec<f32>,
     params: Vec<f32>,
 }
@@ -113,7 +158,7 @@ where
     /// agreed wire width).
     fn cross_reduce<K: Kernels<f32> + Send + 'static>(
         h: &mut Hierarchy<Self, K>,
-        net: &mut Net,
+        net: &mut dyn Collectives,
         layout: &RankLayout,
         mode: Reduction,
         scratch: &mut Scratch,
@@ -229,7 +274,7 @@ fn par_decode<A: IntWire>(
 
 fn int_cross_reduce<A: IntWire + Send + 'static, K: Kernels<f32> + Send + 'static>(
     h: &mut Hierarchy<A, K>,
-    net: &mut Net,
+    net: &mut dyn Collectives,
     layout: &RankLayout,
     mode: Reduction,
     sc: &mut Scratch,
@@ -245,7 +290,8 @@ where
     let threads = h.config().threads;
     // One tiny MAX-reduction fixes the lanes every rank uses this step.
     let need = par_need::<A>(h.merged_cells(), threads);
-    let max = net.max_i64(&need);
+    let mut max = [0i64; 2];
+    net.max_i64(&need, &mut max);
     let wire = A::agree([max[0], max[1]], ranks);
     let lanes = A::lanes(wire);
     match mode {
@@ -262,8 +308,14 @@ where
             let n = h.merged_cells().len() * lanes;
             par_encode::<A>(wire, h.merged_cells(), sized(&mut sc.send, n), threads);
             let mine = layout.owned_elements(net.rank());
-            let lens = (0..ranks).map(|r| layout.owned_elements(r).len() * lanes);
-            net.sum_scatter_i64(&sc.send[..n], lens, sized(&mut sc.recv, mine.len() * lanes))?;
+            sc.lens.clear();
+            sc.lens
+                .extend(layout.element_lens().iter().map(|&e| e * lanes));
+            net.sum_scatter_i64(
+                &sc.send[..n],
+                &sc.lens,
+                sized(&mut sc.recv, mine.len() * lanes),
+            )?;
             let got = &sc.recv[..mine.len() * lanes];
             par_decode::<A>(wire, got, &mut h.merged_cells_mut()[mine.clone()], threads)
                 .map_err(|e| DistError::Accumulate(e.offset(mine.start)))?;
@@ -275,7 +327,7 @@ where
 impl CrossRank for ExactAcc {
     fn cross_reduce<K: Kernels<f32> + Send + 'static>(
         h: &mut Hierarchy<Self, K>,
-        net: &mut Net,
+        net: &mut dyn Collectives,
         layout: &RankLayout,
         mode: Reduction,
         scratch: &mut Scratch,
@@ -287,7 +339,7 @@ impl CrossRank for ExactAcc {
 impl CrossRank for FixedAcc {
     fn cross_reduce<K: Kernels<f32> + Send + 'static>(
         h: &mut Hierarchy<Self, K>,
-        net: &mut Net,
+        net: &mut dyn Collectives,
         layout: &RankLayout,
         mode: Reduction,
         scratch: &mut Scratch,
@@ -303,7 +355,7 @@ impl CrossRank for F32Acc {
     /// without units (as the canonical fold skips empty children).
     fn cross_reduce<K: Kernels<f32> + Send + 'static>(
         h: &mut Hierarchy<Self, K>,
-        net: &mut Net,
+        net: &mut dyn Collectives,
         layout: &RankLayout,
         mode: Reduction,
         sc: &mut Scratch,
@@ -320,7 +372,7 @@ impl CrossRank for F32Acc {
             s[..e.len()].copy_from_slice(&h.gradients()[e.clone()]);
             s[e.len()..].fill(0.0);
         }
-        net.all_to_all(
+        net.all_to_all_f32(
             &sc.send_f32[..slot * ranks],
             sized(&mut sc.recv_f32, slot * ranks),
         )?;
@@ -341,10 +393,31 @@ impl CrossRank for F32Acc {
         if mode == Reduction::AllReduce {
             let own = sized(&mut sc.send_f32, mine.len());
             own.copy_from_slice(&h.gradients()[mine.clone()]);
-            let lens = (0..ranks).map(|r| layout.owned_elements(r).len());
-            net.all_gather(&sc.send_f32[..mine.len()], lens, h.gradients_mut())?;
+            net.all_gather_f32(
+                &sc.send_f32[..mine.len()],
+                layout.element_lens(),
+                h.gradients_mut(),
+            )?;
         }
         Ok(4)
+    }
+}
+
+#[cfg(feature = "bigfloat")]
+impl CrossRank for cllm_core::accumulate::BigFloatAcc {
+    /// Arbitrary-precision cells have no fixed-width wire form (yet): one
+    /// rank only.
+    fn cross_reduce<K: Kernels<f32> + Send + 'static>(
+        _h: &mut Hierarchy<Self, K>,
+        net: &mut dyn Collectives,
+        _layout: &RankLayout,
+        _mode: Reduction,
+        _scratch: &mut Scratch,
+    ) -> Result<usize, DistError> {
+        match net.size() {
+            1 => Ok(0),
+            _ => Err(DistError::Unsupported("bigfloat")),
+        }
     }
 }
 
@@ -359,7 +432,7 @@ pub struct DistStepStats {
     /// Seconds computing this rank's units.
     pub compute_s: f64,
     /// Seconds waiting for the slowest rank (only measured apart with
-    /// [`Net::sync_timing`]; otherwise it is part of `reduce_s`).
+    /// [`DistSettings::sync_timing`]; otherwise it is part of `reduce_s`).
     pub wait_s: f64,
     /// Seconds reducing gradients across ranks (encode, collective, decode).
     pub reduce_s: f64,
@@ -378,9 +451,9 @@ pub struct DistStepStats {
 /// on its own segments ([`gather_optimizer_state`] assembles it).
 pub fn train_step<A: CrossRank + Send + 'static, K: Kernels<f32> + Send + 'static>(
     h: &mut Hierarchy<A, K>,
-    net: &mut Net,
+    net: &mut dyn Collectives,
     layout: &RankLayout,
-    mode: Reduction,
+    settings: DistSettings,
     step: u64,
     update: UpdateSettings,
     sc: &mut Scratch,
@@ -389,11 +462,12 @@ where
     A::Cell: 'static,
 {
     let (rank, ranks) = (net.rank(), net.size());
-    let bytes0 = net.stats.bytes;
+    let bytes0 = net.bytes_sent();
+    let mode = settings.reduction;
     let t0 = Instant::now();
     h.compute_partial(step, layout.leaves(rank))?;
     let tc = Instant::now();
-    if net.sync_timing {
+    if settings.sync_timing {
         net.barrier();
     }
     let t1 = Instant::now();
@@ -403,8 +477,7 @@ where
     let units = layout.units(rank);
     let n_units = layout.units(ranks - 1).end;
     let own = &h.unit_losses()[units.clone()];
-    let lens = (0..ranks).map(|r| layout.units(r).len());
-    net.all_gather(own, lens, sized(&mut sc.losses, n_units))?;
+    net.all_gather_f32(own, layout.unit_lens(), sized(&mut sc.losses, n_units))?;
     let loss =
         (sc.losses[..n_units].iter().map(|&x| x as f64).sum::<f64>() / n_units as f64) as f32;
     let t2 = Instant::now();
@@ -418,9 +491,7 @@ where
     let norm = match mode {
         Reduction::AllReduce => local.iter().sum::<f64>().sqrt(),
         Reduction::ScatterGather => {
-            let local = local.to_vec();
-            let lens = (0..ranks).map(|r| layout.owned_segments(r).len());
-            net.all_gather(&local, lens, norms)?;
+            net.all_gather_f64(local, layout.segment_lens(), norms)?;
             // Summed in segment order, as the single-process executor does.
             norms.iter().sum::<f64>().sqrt()
         }
@@ -430,8 +501,11 @@ where
         let mine = layout.owned_elements(rank);
         let own = sized(&mut sc.params, mine.len());
         own.copy_from_slice(&h.params()[mine.clone()]);
-        let lens = (0..ranks).map(|r| layout.owned_elements(r).len());
-        net.all_gather(&sc.params[..mine.len()], lens, h.params_mut())?;
+        net.all_gather_f32(
+            &sc.params[..mine.len()],
+            layout.element_lens(),
+            h.params_mut(),
+        )?;
     }
     let t3 = Instant::now();
     Ok(DistStepStats {
@@ -441,7 +515,7 @@ where
         wait_s: (t1 - tc).as_secs_f64(),
         reduce_s: (t2 - t1).as_secs_f64(),
         update_s: (t3 - t2).as_secs_f64(),
-        bytes: net.stats.bytes - bytes0,
+        bytes: net.bytes_sent() - bytes0,
         wire_bytes,
     })
 }
@@ -454,7 +528,7 @@ pub type Moments = (Vec<f32>, Vec<f32>);
 /// `Some` on rank 0 only.
 pub fn gather_optimizer_state<A, K>(
     h: &Hierarchy<A, K>,
-    net: &mut Net,
+    net: &mut dyn Collectives,
     layout: &RankLayout,
     mode: Reduction,
 ) -> Result<Option<Moments>, DistError>
@@ -464,20 +538,26 @@ where
     K: Kernels<f32> + Send + 'static,
 {
     let (m, v) = h.optimizer_state();
+    let (shard, p) = (h.optimizer_shard(), h.params().len());
     if mode == Reduction::AllReduce || net.size() == 1 {
         // Replicated: rank 0's copy is complete.
         return Ok((net.rank() == 0).then(|| (m.to_vec(), v.to_vec())));
     }
     let mine = layout.owned_elements(net.rank());
-    let ranks = net.size();
-    let lens = || (0..ranks).map(|r| layout.owned_elements(r).len());
+    if mine.start < shard.start || mine.end > shard.end {
+        return Err(DistError::Exec(ExecError::Config(format!(
+            "rank {} owns elements {mine:?} but holds optimizer state for {shard:?}",
+            net.rank()
+        ))));
+    }
+    let local = mine.start - shard.start..mine.end - shard.start;
     let (mut gm, mut gv) = if net.rank() == 0 {
-        (vec![0.0f32; m.len()], vec![0.0f32; v.len()])
+        (vec![0.0f32; p], vec![0.0f32; p])
     } else {
         (Vec::new(), Vec::new())
     };
-    net.gather_root(&m[mine.clone()], lens(), &mut gm)?;
-    net.gather_root(&v[mine], lens(), &mut gv)?;
+    net.gather_root_f32(&m[local.clone()], layout.element_lens(), &mut gm)?;
+    net.gather_root_f32(&v[local], layout.element_lens(), &mut gv)?;
     Ok((net.rank() == 0).then_some((gm, gv)))
 }
 

@@ -4,17 +4,11 @@
 # alpha-beta fit. Usage: platform-mpi/bench.sh OUT_DIR [STEPS]
 # Then: python3 platform-mpi/costmodel.py OUT_DIR
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 out="${1:?usage: bench.sh OUT_DIR [STEPS]}"
 steps="${2:-12}"
-data="${CLLM_TEST_DATA:-$root/../shared/data/tinyshakespeare/input.txt}"
-mkdir -p "$out"
-cd "$root"
-cargo build --release -p cllm-mpi
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
-mpi=(mpirun --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo)
-[ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+out="$(mkdir -p "$out" && cd "$out" && pwd)"
+source "$(dirname "$0")/bench_common.sh"
+mpi+=(--mca btl self,tcp --mca btl_tcp_if_include lo)
 # The measured model: 2 layers x 64, 4 heads, seq-len 64, char tokens,
 # 16 units per step, exact accumulator, one thread per rank; KERNELS=portable
 # gives the plain-loop figures.
@@ -24,7 +18,7 @@ model=(--num-layers 2 --embed-dim 64 --num-heads 4 --seq-len 64 --batch-size 16
 lo_tx() { awk '$1 == "lo:" { print $10 }' /proc/net/dev; }
 
 {
-  echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  bench_header
   for np in 1 2 4; do
     for red in scatter-gather allreduce; do
       [ "$np" = 1 ] && [ "$red" = allreduce ] && continue

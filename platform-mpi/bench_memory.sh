@@ -4,28 +4,21 @@
 # scatter-gather shards the AdamW moments by segment block, allreduce keeps
 # them replicated. Usage: platform-mpi/bench_memory.sh OUT_DIR [STEPS]
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 out="${1:?usage: bench_memory.sh OUT_DIR [STEPS]}"
 steps="${2:-2}"
-data="${CLLM_TEST_DATA:-$root/../shared/data/tinyshakespeare/input.txt}"
-mkdir -p "$out"
-cd "$root"
-cargo build --release -p cllm-mpi
-bin="${CARGO_TARGET_DIR:-$root/target}/release/train_mpi"
-mpi=(mpirun --oversubscribe)
-[ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+out="$(mkdir -p "$out" && cd "$out" && pwd)"
+source "$(dirname "$0")/bench_common.sh"
 export OMPI_MCA_btl="${OMPI_MCA_btl:-self,vader}"
 export OMPI_MCA_btl_vader_single_copy_mechanism="${OMPI_MCA_btl_vader_single_copy_mechanism:-none}"
 model=(--num-layers 6 --embed-dim 384 --num-heads 6 --seq-len 256 --batch-size 64
   --accumulator "${ACC:-f32}" --threads 1 --eval-windows 0 --sample-tokens 0 --log-every 1000)
 {
-  echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  bench_header
   for np in 1 2 4; do
     for red in scatter-gather allreduce; do
       [ "$np" = 1 ] && [ "$red" = allreduce ] && continue
       rm -rf "$out/run"
-      line=$("${mpi[@]}" -np "$np" "$bin" "$data" "${model[@]}" --steps "$steps" --reduce "$red" \
+      line=$("${mpi[@]}" -np "$np" "$bin/train_mpi" "$data" "${model[@]}" --steps "$steps" --reduce "$red" \
         --out "$out/run" | grep '^summary ' | cut -d' ' -f2-)
       echo "{\"np\": $np, \"summary\": $line}"
     done

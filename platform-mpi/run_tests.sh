@@ -10,8 +10,9 @@
 #     train_mpi takes train's flags and runs the same trainer on each rank;
 #  3. resume: a checkpoint written by 4 ranks, continued on 3 ranks, ends
 #     byte-identical to the uninterrupted run;
-#  4. fixed accumulator across rank counts; f32: one rank = the executor,
-#     and the thread count does not change the bits for a fixed rank count;
+#  4. fixed accumulator across rank counts; f32 in the canonical order on
+#     1-5 and 13 ranks = the single-machine trainer; f32 in rank order: the
+#     thread count and reduction do not change the bits for a rank count;
 #  5. a rank that dies (exit(1), then abort()) fails the job with a clear
 #     error, within a timeout, and the last checkpoint stays intact; a
 #     restart on fewer ranks resumes it to the uninterrupted run's bits;
@@ -90,8 +91,15 @@ run fix1 0 --accumulator fixed || true
 run fix4 4 --accumulator fixed --threads 2 && same "$tmp/fix1/checkpoint-10" "$tmp/fix4/checkpoint-10" "fixed np4 = single process"
 run f32ref 0 --accumulator f32 --threads 2 || true
 run f32np1 1 --accumulator f32 --threads 2 && same "$tmp/f32ref/checkpoint-10" "$tmp/f32np1/checkpoint-10" "f32 one rank = single process"
-run f32a 3 --accumulator f32 || true
-run f32b 3 --accumulator f32 --threads 2 --reduce allreduce && same "$tmp/f32a/checkpoint-10" "$tmp/f32b/checkpoint-10" "f32 three ranks: threads and reduction do not change the bits"
+for spec in "f32np2 2 --threads 2" "f32np3 3" "f32np4ar 4 --reduce allreduce" "f32np5 5"; do
+  set -- $spec
+  name=$1 np=$2; shift 2
+  run "$name" "$np" --accumulator f32 "$@" && same "$tmp/f32ref/checkpoint-10" "$tmp/$name/checkpoint-10" "f32 (canonical order) $name = single process"
+done
+run f32deep 0 --accumulator f32 --batch-size 16 --steps 4 || true
+run f32deep13 13 --accumulator f32 --batch-size 16 --steps 4 && same "$tmp/f32deep/checkpoint-4" "$tmp/f32deep13/checkpoint-4" "f32 (canonical order) depth 2 on 13 ranks = single process"
+run f32a 3 --accumulator f32 --f32-order rank || true
+run f32b 3 --accumulator f32 --f32-order rank --threads 2 --reduce allreduce && same "$tmp/f32a/checkpoint-10" "$tmp/f32b/checkpoint-10" "f32 rank order, three ranks: threads and reduction do not change the bits"
 
 echo "== a rank dies =="
 for how in "2:7" "1:7:abort"; do

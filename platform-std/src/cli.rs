@@ -16,7 +16,7 @@ use serde_json::json;
 
 use cllm_core::kernels::Kernels;
 
-use crate::dist::{Collectives, DistSettings, DistStepStats, Reduction};
+use crate::dist::{Collectives, DistSettings, DistStepStats, F32Order, Reduction};
 use crate::exec::FailureInjection;
 use crate::metrics::MetricsRecord;
 use crate::trainer::{
@@ -172,6 +172,11 @@ struct Args {
     /// are the same
     #[arg(long, default_value = "scatter-gather", value_parser = choice!(Reduction))]
     reduce: Reduction,
+    /// How f32 gradients from different ranks are added: canonical (the single-process tree's
+    /// order: the same bits on any rank count, more traffic) or rank (one partial sum per rank,
+    /// in rank order: the bits depend on the rank count)
+    #[arg(long, default_value = "canonical", value_parser = choice!(F32Order))]
+    f32_order: F32Order,
     /// Measurement aid: time each step's phases apart (compute, waiting for the slowest rank
     /// behind a barrier, reduce, update); on one rank this runs the distributed step too
     #[arg(long)]
@@ -179,7 +184,7 @@ struct Args {
 }
 
 /// Flags that only matter with several processes (hidden in `train`).
-const MULTI_PROCESS_FLAGS: [&str; 2] = ["reduce", "sync_timing"];
+const MULTI_PROCESS_FLAGS: [&str; 3] = ["reduce", "f32_order", "sync_timing"];
 
 /// `--tokenizer`: a kind to train, or a path to load.
 #[derive(Clone, Debug)]
@@ -575,6 +580,7 @@ fn run(launch: &mut Launch<'_>) -> Result<(), TrainError> {
     };
     let settings = DistSettings {
         reduction: args.reduce,
+        f32_order: args.f32_order,
         sync_timing: args.sync_timing,
     };
     let outcome = trainer::train_with(cfg, &explicit, &opts, &mut progress, launch.comm, settings)?;

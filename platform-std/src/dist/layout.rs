@@ -9,9 +9,13 @@ use cllm_core::tree::Shape;
 
 /// The split of one step over `ranks` ranks.
 ///
-/// * Leaves: rank `r` executes the contiguous block
-///   `[r·L/R, (r+1)·L/R)` — for `R` dividing the branching, whole top-level
-///   subtrees; its local threads split that block again.
+/// * Leaves: the ranks split the `n = b^ℓ` subtrees of the *split level*
+///   `ℓ` (the shallowest level with at least `R` spheres, at most the
+///   leaves' level): rank `r` executes the whole subtrees
+///   `[r·n/R, (r+1)·n/R)` of that level — a contiguous block of leaves
+///   (`[r·L/R, (r+1)·L/R)` when `R` divides the branching); its local
+///   threads split that block again. Whole subtrees, so that f32 partial
+///   sums can be combined across ranks in the tree's canonical order.
 /// * Segments: rank `r` owns the contiguous block `[r·S/R, (r+1)·S/R)` of
 ///   the parameter vector's fixed segments: it reduces their gradient and
 ///   alone holds and updates their optimizer state. Contiguous (not
@@ -76,9 +80,44 @@ impl RankLayout {
 
     /// The leaves rank `r` executes.
     pub fn leaves(&self, r: usize) -> Range<u32> {
-        let l = self.shape.leaf_count() as u128;
-        let at = |r: usize| (r as u128 * l / self.ranks as u128) as u32;
+        let k = self.subtrees(r);
+        self.subtree_leaves(k.start).start..self.subtree_leaves(k.end).start
+    }
+
+    /// Children per sphere.
+    pub fn branching(&self) -> usize {
+        self.shape.branching() as usize
+    }
+
+    /// The split level `ℓ` (see the type's documentation).
+    pub fn split_level(&self) -> u32 {
+        let (b, d) = (self.shape.branching() as u128, self.shape.depth());
+        (0..=d)
+            .find(|&l| b.pow(l) >= self.ranks as u128)
+            .unwrap_or(d)
+    }
+
+    /// Spheres of the split level.
+    pub fn split_spheres(&self) -> usize {
+        (self.shape.branching() as usize).pow(self.split_level())
+    }
+
+    /// The split-level subtrees rank `r` executes.
+    pub fn subtrees(&self, r: usize) -> Range<usize> {
+        let n = self.split_spheres() as u128;
+        let at = |r: usize| (r as u128 * n / self.ranks as u128) as usize;
         at(r)..at(r + 1)
+    }
+
+    /// The leaves of split-level subtree `k`.
+    pub fn subtree_leaves(&self, k: usize) -> Range<u32> {
+        let per = self.shape.leaf_count() / self.split_spheres() as u32;
+        k as u32 * per..(k as u32 + 1) * per
+    }
+
+    /// The units of split-level subtree `k` (possibly none).
+    pub fn subtree_units(&self, k: usize) -> Range<usize> {
+        leaf_block_units(self.shape, self.units, self.subtree_leaves(k))
     }
 
     /// The units rank `r` computes (contiguous; possibly empty).
@@ -134,6 +173,27 @@ mod tests {
                 (100, l.segments().count(), 30_000)
             );
         }
+    }
+
+    #[test]
+    fn ranks_take_whole_subtrees_of_the_split_level() {
+        let shape = Shape::new(3, 12).unwrap();
+        for (ranks, level) in [(1, 0), (2, 1), (5, 1), (12, 1), (13, 2), (144, 2), (145, 3)] {
+            let l = RankLayout::new(shape, 1000, 10, ranks);
+            assert_eq!(l.split_level(), level, "{ranks} ranks");
+            let per = 12u32.pow(3 - level);
+            for r in 0..ranks {
+                let leaves = l.leaves(r);
+                assert_eq!(leaves.start % per, 0);
+                assert_eq!(leaves.end % per, 0);
+                assert_eq!(leaves.len(), l.subtrees(r).len() * per as usize);
+            }
+            assert_eq!(l.leaves(ranks - 1).end, shape.leaf_count());
+        }
+        // More ranks than leaves: leaves are the split level's spheres.
+        let l = RankLayout::new(Shape::new(1, 4).unwrap(), 4, 10, 6);
+        assert_eq!(l.split_level(), 1);
+        assert_eq!((0..6).map(|r| l.leaves(r).len()).sum::<usize>(), 4);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use std::fmt;
 
 pub use layout::RankLayout;
 pub use step::{
-    gather_optimizer_state, train_step, CrossRank, DistError, DistSettings, DistStepStats, Moments,
-    Reduction, Scratch,
+    gather_optimizer_state, train_step, CrossRank, DistError, DistSettings, DistStepStats,
+    F32Order, Moments, Reduction, Scratch,
 };
 
 /// Why a collective could not be issued (its element count does not fit

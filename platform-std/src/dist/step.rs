@@ -13,10 +13,13 @@
 //!
 //! Fixed and exact accumulators cross ranks as integers ([`super::wire`]),
 //! so the result is bit-identical to `Hierarchy::train_step` in one process
-//! for every rank count, thread count and reduction. f32 partial sums are
-//! combined in rank order by the segment owner: the bits are a function of
-//! (shape, units, ranks), independent of threads and of the reduction, and
-//! equal to the single-process result for one rank.
+//! for every rank count, thread count and reduction. f32 by default
+//! ([`F32Order::Canonical`]) sends the value of every subtree of the split
+//! level apart and the owner folds them in the tree's order: also
+//! bit-identical to one process. [`F32Order::Rank`] sends one partial sum
+//! per rank, added in rank order: the bits are a function of (shape, units,
+//! ranks), independent of threads and of the reduction, and equal to the
+//! single-process result for one rank.
 
 use std::fmt;
 use std::time::Instant;
@@ -61,12 +64,51 @@ impl std::str::FromStr for Reduction {
     }
 }
 
-/// How a distributed step runs (execution only: the bits do not depend on
-/// it).
+/// In which order f32 partial sums from different ranks are added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Order {
+    /// The single-process tree's order: every split-level subtree's value
+    /// crosses apart and the owner folds them as one process would, so the
+    /// bits are the same on any number of ranks (up to `b^ℓ / R` times the
+    /// traffic of [`F32Order::Rank`], and one `compute_partial` per subtree).
+    Canonical,
+    /// One partial sum per rank, added in rank order: less traffic, but the
+    /// bits depend on the rank count (not on threads or the reduction).
+    Rank,
+}
+
+impl F32Order {
+    /// Every order, in `--f32-order`'s order.
+    pub const ALL: [F32Order; 2] = [F32Order::Canonical, F32Order::Rank];
+
+    /// The `--f32-order` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            F32Order::Canonical => "canonical",
+            F32Order::Rank => "rank",
+        }
+    }
+}
+
+impl std::str::FromStr for F32Order {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        F32Order::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| format!("unknown f32 order {s:?} (canonical or rank)"))
+    }
+}
+
+/// How a distributed step runs (execution only: with exact or fixed
+/// accumulators, and with f32 in [`F32Order::Canonical`], the bits do not
+/// depend on it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DistSettings {
     /// How gradients meet across ranks.
     pub reduction: Reduction,
+    /// How f32 partial sums are combined across ranks.
+    pub f32_order: F32Order,
     /// Measurement aid: wait at a barrier before the exchange, so that
     /// waiting for the slowest rank is timed apart from the exchange itself.
     /// The trainer then runs this step on one rank too (instead of the
@@ -78,6 +120,7 @@ impl Default for DistSettings {
     fn default() -> Self {
         DistSettings {
             reduction: Reduction::ScatterGather,
+            f32_order: F32Order::Canonical,
             sync_timing: false,
         }
     }
@@ -137,6 +180,8 @@ pub struct Scratch {
     lens: Vec<usize>,
     losses: Vec<f32>,
     params: Vec<f32>,
+    /// f32: where each sphere's value of the level being folded lives.
+    folds: Vec<Option<usize>>,
 }
 
 fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
@@ -151,6 +196,20 @@ pub trait CrossRank: Accumulator + Send + Sized + 'static
 where
     Self::Cell: 'static,
 {
+    /// This rank's share of the step: its block of leaves, summed into the
+    /// merged cells (f32: the gradient buffer) by `compute_partial`.
+    fn compute<K: Kernels<f32> + Send + 'static>(
+        h: &mut Hierarchy<Self, K>,
+        layout: &RankLayout,
+        rank: usize,
+        step: u64,
+        _settings: DistSettings,
+        _scratch: &mut Scratch,
+    ) -> Result<(), DistError> {
+        h.compute_partial(step, layout.leaves(rank))?;
+        Ok(())
+    }
+
     /// After every rank's `compute_partial`: make this rank's merged cells
     /// (f32: gradient buffer) hold the sum over all ranks for the elements of
     /// its owned segments (`ScatterGather`) or for all elements
@@ -160,7 +219,7 @@ where
         h: &mut Hierarchy<Self, K>,
         net: &mut dyn Collectives,
         layout: &RankLayout,
-        mode: Reduction,
+        settings: DistSettings,
         scratch: &mut Scratch,
     ) -> Result<usize, DistError>;
 }
@@ -329,10 +388,10 @@ impl CrossRank for ExactAcc {
         h: &mut Hierarchy<Self, K>,
         net: &mut dyn Collectives,
         layout: &RankLayout,
-        mode: Reduction,
+        settings: DistSettings,
         scratch: &mut Scratch,
     ) -> Result<usize, DistError> {
-        int_cross_reduce(h, net, layout, mode, scratch)
+        int_cross_reduce(h, net, layout, settings.reduction, scratch)
     }
 }
 
@@ -341,56 +400,68 @@ impl CrossRank for FixedAcc {
         h: &mut Hierarchy<Self, K>,
         net: &mut dyn Collectives,
         layout: &RankLayout,
-        mode: Reduction,
+        settings: DistSettings,
         scratch: &mut Scratch,
     ) -> Result<usize, DistError> {
-        int_cross_reduce(h, net, layout, mode, scratch)
+        int_cross_reduce(h, net, layout, settings.reduction, scratch)
     }
 }
 
 impl CrossRank for F32Acc {
-    /// Rounding depends on the order of additions, so MPI_SUM (any order)
-    /// is not used: each owner receives every rank's partial sum of its
-    /// block (all-to-all) and adds them in rank order, skipping ranks
-    /// without units (as the canonical fold skips empty children).
+    /// Rounding depends on the order of additions, so the value of every
+    /// split-level subtree is computed apart (`compute_partial` of one
+    /// subtree is exactly that sphere's canonical value) and laid out in the
+    /// all-to-all send buffer, owner by owner.
+    fn compute<K: Kernels<f32> + Send + 'static>(
+        h: &mut Hierarchy<Self, K>,
+        layout: &RankLayout,
+        rank: usize,
+        step: u64,
+        settings: DistSettings,
+        sc: &mut Scratch,
+    ) -> Result<(), DistError> {
+        let ranks = layout.ranks();
+        if ranks == 1 || settings.f32_order == F32Order::Rank {
+            h.compute_partial(step, layout.leaves(rank))?;
+            return Ok(());
+        }
+        let (slot, per) = (layout.max_block(), max_subtrees(layout));
+        let send = sized(&mut sc.send_f32, ranks * per * slot);
+        for (i, k) in layout.subtrees(rank).enumerate() {
+            if layout.subtree_units(k).is_empty() {
+                continue;
+            }
+            h.compute_partial(step, layout.subtree_leaves(k))?;
+            for q in 0..ranks {
+                let e = layout.owned_elements(q);
+                let at = (q * per + i) * slot;
+                send[at..at + e.len()].copy_from_slice(&h.gradients()[e]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each owner receives every split-level subtree's value of its block
+    /// (all-to-all) and folds them as the single-process tree does: each
+    /// sphere in child order over its non-empty children, starting from the
+    /// first, level by level up to the root. So the bits are those of one
+    /// process for every rank count (and thread count, and reduction).
     fn cross_reduce<K: Kernels<f32> + Send + 'static>(
         h: &mut Hierarchy<Self, K>,
         net: &mut dyn Collectives,
         layout: &RankLayout,
-        mode: Reduction,
+        settings: DistSettings,
         sc: &mut Scratch,
     ) -> Result<usize, DistError> {
-        let ranks = net.size();
-        if ranks == 1 {
+        if net.size() == 1 {
             return Ok(0);
         }
-        let slot = layout.max_block();
-        let send = sized(&mut sc.send_f32, slot * ranks);
-        for r in 0..ranks {
-            let e = layout.owned_elements(r);
-            let s = &mut send[r * slot..(r + 1) * slot];
-            s[..e.len()].copy_from_slice(&h.gradients()[e.clone()]);
-            s[e.len()..].fill(0.0);
+        match settings.f32_order {
+            F32Order::Canonical => canonical_f32_reduce(h, net, layout, sc)?,
+            F32Order::Rank => rank_order_f32_reduce(h, net, layout, sc)?,
         }
-        net.all_to_all_f32(
-            &sc.send_f32[..slot * ranks],
-            sized(&mut sc.recv_f32, slot * ranks),
-        )?;
-        let mine = layout.owned_elements(net.rank());
-        let out = &mut h.gradients_mut()[mine.clone()];
-        let mut first = true;
-        for q in (0..ranks).filter(|&q| !layout.units(q).is_empty()) {
-            let part = &sc.recv_f32[q * slot..q * slot + mine.len()];
-            if first {
-                out.copy_from_slice(part);
-                first = false;
-            } else {
-                F32Acc
-                    .merge(out, part)
-                    .map_err(|e| DistError::Accumulate(e.offset(mine.start)))?;
-            }
-        }
-        if mode == Reduction::AllReduce {
+        if settings.reduction == Reduction::AllReduce {
+            let mine = layout.owned_elements(net.rank());
             let own = sized(&mut sc.send_f32, mine.len());
             own.copy_from_slice(&h.gradients()[mine.clone()]);
             net.all_gather_f32(
@@ -403,6 +474,119 @@ impl CrossRank for F32Acc {
     }
 }
 
+/// [`F32Order::Rank`]: each owner receives every rank's partial sum of its
+/// block (all-to-all) and adds them in rank order, skipping ranks without
+/// units (as the canonical fold skips empty children).
+fn rank_order_f32_reduce<K: Kernels<f32> + Send + 'static>(
+    h: &mut Hierarchy<F32Acc, K>,
+    net: &mut dyn Collectives,
+    layout: &RankLayout,
+    sc: &mut Scratch,
+) -> Result<(), DistError> {
+    let ranks = net.size();
+    let slot = layout.max_block();
+    let send = sized(&mut sc.send_f32, slot * ranks);
+    for r in 0..ranks {
+        let e = layout.owned_elements(r);
+        let s = &mut send[r * slot..(r + 1) * slot];
+        s[..e.len()].copy_from_slice(&h.gradients()[e.clone()]);
+        s[e.len()..].fill(0.0);
+    }
+    net.all_to_all_f32(
+        &sc.send_f32[..slot * ranks],
+        sized(&mut sc.recv_f32, slot * ranks),
+    )?;
+    let mine = layout.owned_elements(net.rank());
+    let out = &mut h.gradients_mut()[mine.clone()];
+    let mut first = true;
+    for q in (0..ranks).filter(|&q| !layout.units(q).is_empty()) {
+        let part = &sc.recv_f32[q * slot..q * slot + mine.len()];
+        if first {
+            out.copy_from_slice(part);
+            first = false;
+        } else {
+            F32Acc
+                .merge(out, part)
+                .map_err(|e| DistError::Accumulate(e.offset(mine.start)))?;
+        }
+    }
+    Ok(())
+}
+
+/// [`F32Order::Canonical`] (after [`CrossRank::compute`] laid out every
+/// subtree's value): see [`F32Acc`]'s `cross_reduce`.
+fn canonical_f32_reduce<K: Kernels<f32> + Send + 'static>(
+    h: &mut Hierarchy<F32Acc, K>,
+    net: &mut dyn Collectives,
+    layout: &RankLayout,
+    sc: &mut Scratch,
+) -> Result<(), DistError> {
+    let ranks = net.size();
+    let (slot, per) = (layout.max_block(), max_subtrees(layout));
+    let n = ranks * per * slot;
+    net.all_to_all_f32(&sc.send_f32[..n], sized(&mut sc.recv_f32, n))?;
+    let mine = layout.owned_elements(net.rank());
+    // Fold level by level, in place in the receive buffer: `vals[k]` is
+    // where sphere k's value of this level lives (None: empty).
+    let vals = &mut sc.folds;
+    vals.clear();
+    for q in 0..ranks {
+        for (i, k) in layout.subtrees(q).enumerate() {
+            debug_assert_eq!(vals.len(), k);
+            let nonempty = !layout.subtree_units(k).is_empty();
+            vals.push(nonempty.then_some((q * per + i) * slot));
+        }
+    }
+    let b = layout.branching();
+    let recv = &mut sc.recv_f32[..n];
+    let m = mine.len();
+    while vals.len() > 1 {
+        let groups = vals.len().div_ceil(b);
+        for g in 0..groups {
+            let group = g * b..((g + 1) * b).min(vals.len());
+            let mut present = vals[group].iter().flatten().copied();
+            let first = present.next();
+            if let Some(dst) = first {
+                for src in present {
+                    // Disjoint slots of one buffer: dst += src.
+                    let (d, s) = two_slots(recv, dst, src, m);
+                    F32Acc
+                        .merge(d, s)
+                        .map_err(|e| DistError::Accumulate(e.offset(mine.start)))?;
+                }
+            }
+            // The parent's value; group g + 1 starts past index g.
+            vals[g] = first;
+        }
+        vals.truncate(groups);
+    }
+    let out = &mut h.gradients_mut()[mine.clone()];
+    match vals.first().copied().flatten() {
+        Some(at) => out.copy_from_slice(&recv[at..at + m]),
+        None => out.fill(0.0),
+    }
+    Ok(())
+}
+
+/// The most split-level subtrees any rank executes.
+fn max_subtrees(layout: &RankLayout) -> usize {
+    (0..layout.ranks())
+        .map(|r| layout.subtrees(r).len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// `(&mut buf[dst..dst + len], &buf[src..src + len])` for disjoint ranges.
+fn two_slots(buf: &mut [f32], dst: usize, src: usize, len: usize) -> (&mut [f32], &[f32]) {
+    if dst < src {
+        let (a, b) = buf.split_at_mut(src);
+        (&mut a[dst..dst + len], &b[..len])
+    } else {
+        let (a, b) = buf.split_at_mut(dst);
+        (&mut b[..len], &a[src..src + len])
+    }
+}
+
 #[cfg(feature = "bigfloat")]
 impl CrossRank for cllm_core::accumulate::BigFloatAcc {
     /// Arbitrary-precision cells have no fixed-width wire form (yet): one
@@ -411,7 +595,7 @@ impl CrossRank for cllm_core::accumulate::BigFloatAcc {
         _h: &mut Hierarchy<Self, K>,
         net: &mut dyn Collectives,
         _layout: &RankLayout,
-        _mode: Reduction,
+        _settings: DistSettings,
         _scratch: &mut Scratch,
     ) -> Result<usize, DistError> {
         match net.size() {
@@ -465,14 +649,14 @@ where
     let bytes0 = net.bytes_sent();
     let mode = settings.reduction;
     let t0 = Instant::now();
-    h.compute_partial(step, layout.leaves(rank))?;
+    A::compute(h, layout, rank, step, settings, sc)?;
     let tc = Instant::now();
     if settings.sync_timing {
         net.barrier();
     }
     let t1 = Instant::now();
 
-    let wire_bytes = A::cross_reduce(h, net, layout, mode, sc)?;
+    let wire_bytes = A::cross_reduce(h, net, layout, settings, sc)?;
     // Unit losses, in unit order, for the same mean as one process.
     let units = layout.units(rank);
     let n_units = layout.units(ranks - 1).end;

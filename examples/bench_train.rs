@@ -33,8 +33,8 @@ use cllm_core::kernels::Kernels;
 use cllm_core::model::{self, GptConfig};
 use cllm_core::optim::AdamW;
 use cllm_core::tree::Shape;
-use cllm_std::exec::{ExecConfig, Hierarchy, Optimizer, UnitSource, UpdateSettings};
-use cllm_std::kernels::{KernelChoice, SimdKernels};
+use cllm_std::exec::{ExecConfig, Hierarchy, Optimizer, PhaseTimes, UnitSource, UpdateSettings};
+use cllm_std::kernels::{fma_peak_gflops, KernelChoice, SimdKernels};
 
 struct Bytes {
     data: Vec<u8>,
@@ -73,6 +73,7 @@ struct Args {
     data: String,
     pin: bool,
     rounds: usize,
+    phases: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
@@ -100,6 +101,7 @@ fn parse() -> Result<Args, String> {
         ),
         pin: false,
         rounds: 1,
+        phases: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -116,6 +118,7 @@ fn parse() -> Result<Args, String> {
             "--kernels" => a.kernels = list(&val()?, "kernels")?,
             "--data" => a.data = val()?,
             "--pin" => a.pin = true,
+            "--phases" => a.phases = true,
             "--rounds" => {
                 a.rounds = val()?.parse().map_err(|_| "bad rounds")?;
                 if a.rounds == 0 {
@@ -123,7 +126,7 @@ fn parse() -> Result<Args, String> {
                 }
             }
             "--help" | "-h" => {
-                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512,amx --data FILE --pin (worker i on core i) --rounds N (all rows N times, interleaved; each row reports its median)");
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512,amx --data FILE --pin (worker i on core i) --rounds N (all rows N times, interleaved; each row reports its median) --phases (per worker: ms per step in compute, reduction, update and at barriers)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
@@ -182,6 +185,8 @@ struct Row {
     ms_per_step: f64,
     gflops: f64,
     loss: f32,
+    /// Per worker, summed over the timed steps.
+    phases: Vec<PhaseTimes>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -219,7 +224,7 @@ where
         eps: 1e-8,
         weight_decay: 0.1,
     });
-    let mut step = |i: usize| {
+    let step = |h: &mut Hierarchy<A, K>, i: usize| {
         h.train_step(
             i as u64,
             UpdateSettings {
@@ -232,15 +237,22 @@ where
         .map_err(|e| e.to_string())
     };
     for i in 0..args.warmup {
-        step(i)?;
+        step(&mut h, i)?;
     }
     let t = Instant::now();
     let mut loss = 0.0;
     let mut best = f64::INFINITY;
+    let mut phases = vec![PhaseTimes::default(); threads];
     for i in 0..args.steps {
         let s = Instant::now();
-        loss = step(args.warmup + i)?.loss;
+        loss = step(&mut h, args.warmup + i)?.loss;
         best = best.min(s.elapsed().as_secs_f64());
+        for (sum, p) in phases.iter_mut().zip(h.phase_times()) {
+            sum.compute += p.compute;
+            sum.reduce += p.reduce;
+            sum.update += p.update;
+            sum.wait += p.wait;
+        }
     }
     let secs = t.elapsed().as_secs_f64();
     let tokens = (args.steps * units * mb * seq) as f64;
@@ -255,6 +267,7 @@ where
         ms_per_step: 1000.0 * secs / args.steps as f64,
         gflops: tokens * per_token / secs / 1e9,
         loss,
+        phases,
     })
 }
 
@@ -291,14 +304,14 @@ fn real_main() -> Result<(), String> {
     );
     let per_row = reset_peak_rss();
     println!(
-        "| kernels | accumulator | threads | depth | branching | units×micro-batch | tokens/s | ms/step | model GFLOP/s | % of peak | {} MiB | est. MiB | loss | best-step tokens/s |",
+        "| kernels | accumulator | threads | depth | branching | units×micro-batch | tokens/s | ms/step | model GFLOP/s | % of peak | % of FMA peak | {} MiB | est. MiB | loss | best-step tokens/s |",
         if per_row {
             "peak RSS"
         } else {
             "peak RSS since start"
         }
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Default: two units per worker with several threads (when the batch
     // divides), so a worker whose vCPU stalls has its second unit taken by
     // the other instead of holding up the step; one unit with one thread.
@@ -400,7 +413,25 @@ fn real_main() -> Result<(), String> {
             out.push((row, peak_rss_mib()));
         }
     }
+    // The FMA peak of each (kernels, threads) pair, measured with that many
+    // threads at once, after the runs so the rows are not disturbed.
+    let mut fma_peaks: Vec<(String, usize, Option<f64>)> = Vec::new();
+    for c in &combos {
+        let name = c.kernels.describe();
+        if !fma_peaks.iter().any(|p| p.0 == name && p.1 == c.threads) {
+            let g = fma_peak_gflops(
+                c.kernels.isa(),
+                c.threads,
+                std::time::Duration::from_millis(500),
+            );
+            fma_peaks.push((name, c.threads, g));
+        }
+    }
     for (c, rows) in combos.iter().zip(results.iter_mut()) {
+        let fma = fma_peaks
+            .iter()
+            .find(|p| p.0 == c.kernels.describe() && p.1 == c.threads)
+            .and_then(|p| p.2);
         rows.sort_by(|a, b| a.0.tokens_per_s.total_cmp(&b.0.tokens_per_s));
         let rss = rows.iter().map(|r| r.1).fold(0.0, f64::max);
         let best = rows
@@ -415,7 +446,7 @@ fn real_main() -> Result<(), String> {
                     .unwrap_or(1),
             ) as f64;
         println!(
-            "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {:.0} | {:.0} | {:.3} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {} | {:.0} | {:.0} | {:.3} | {:.0} |",
             c.kernels.describe(),
             c.acc,
             c.threads,
@@ -427,11 +458,40 @@ fn real_main() -> Result<(), String> {
             row.ms_per_step,
             row.gflops,
             100.0 * row.gflops / peak,
+            fma.map_or("-".into(), |f| format!("{:.0}%", 100.0 * row.gflops / f)),
             rss,
             row.memory_bytes as f64 / (1 << 20) as f64,
             row.loss,
             best
         );
+    }
+    if args.phases {
+        // The median round of each row (sorted above), per worker, in ms
+        // per step; the reduction's share is of the whole step's wall time.
+        println!("\n| kernels | accumulator | threads | depth | units×micro-batch | worker | compute ms | reduce ms | update ms | wait ms | step ms | reduce share | wait share |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let per_step = |d: std::time::Duration| 1000.0 * d.as_secs_f64() / args.steps as f64;
+        for (c, rows) in combos.iter().zip(&results) {
+            let row = &rows[rows.len() / 2].0;
+            for (w, p) in row.phases.iter().enumerate() {
+                println!(
+                    "| {} | {} | {} | {} | {}×{} | {w} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% |",
+                    c.kernels.describe(),
+                    c.acc,
+                    c.threads,
+                    c.depth,
+                    batch / c.mb,
+                    c.mb,
+                    per_step(p.compute),
+                    per_step(p.reduce),
+                    per_step(p.update),
+                    per_step(p.wait),
+                    row.ms_per_step,
+                    100.0 * per_step(p.reduce) / row.ms_per_step,
+                    100.0 * per_step(p.wait) / row.ms_per_step,
+                );
+            }
+        }
     }
     let mut shown = Vec::new();
     for c in &combos {
@@ -442,6 +502,11 @@ fn real_main() -> Result<(), String> {
                 c.peak1
             );
             shown.push(name);
+        }
+    }
+    for (name, threads, g) in &fma_peaks {
+        if let Some(g) = g {
+            println!("measured FMA peak ({name}, {threads} threads at once): {g:.1} GFLOP/s");
         }
     }
     Ok(())

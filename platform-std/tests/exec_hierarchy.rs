@@ -515,3 +515,52 @@ fn workers_keep_activations_only_within_the_memory_budget() {
     assert_eq!(run(&medium, 2, 256), medium.activation_len(2, 256));
     assert_eq!(run(&MODEL, MB, SEQ), MODEL.activation_len_kept(MB, SEQ));
 }
+
+#[test]
+fn phase_times_account_for_each_worker_within_the_step() {
+    fn check<A: Accumulator + Send + Clone + 'static>(acc: A)
+    where
+        A::Cell: 'static,
+    {
+        let mut h = Hierarchy::new(
+            MODEL,
+            params(),
+            acc,
+            Portable,
+            Arc::new(Hashed),
+            cfg(1, 4, 3, 8),
+        )
+        .unwrap();
+        let up = UpdateSettings {
+            optimizer: Optimizer::AdamW(AdamW {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            }),
+            lr: 1e-2,
+            grad_clip: 1.0,
+            t: 1,
+        };
+        for step in 0..3 {
+            let start = std::time::Instant::now();
+            h.train_step(step, up).unwrap();
+            let wall = start.elapsed();
+            let times = h.phase_times();
+            assert_eq!(times.len(), 3);
+            for (w, p) in times.iter().enumerate() {
+                assert!(
+                    p.total() <= wall,
+                    "worker {w}: {p:?} exceeds the step's {wall:?}"
+                );
+            }
+            // 8 units on 3 workers: the step's compute and update are
+            // charged to their counters.
+            assert!(times.iter().any(|p| p.compute > Duration::ZERO));
+            assert!(times.iter().any(|p| p.update > Duration::ZERO));
+        }
+    }
+    check(F32Acc);
+    check(FixedAcc::default());
+}

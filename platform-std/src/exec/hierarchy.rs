@@ -18,7 +18,8 @@ use super::reduce::{ordered_mean, ordered_norm, reduction_buffers, GRAD};
 use super::schedule::unit_buffers_per_worker;
 use super::shared::{Buf, Shared, Span};
 use super::{
-    ExecConfig, ExecError, FailureInjection, StepStats, UnitSource, UpdateSettings, MAX_THREADS,
+    ExecConfig, ExecError, FailureInjection, PhaseTimes, StepStats, UnitSource, UpdateSettings,
+    MAX_THREADS,
 };
 
 /// A running hierarchy: persistent workers plus the model's buffers.
@@ -143,6 +144,7 @@ where
             slots: (0..slots).map(|_| Buf::zeros(p)).collect(),
             accs: (0..accs).map(|_| Buf::new(p, || acc.zero_cell())).collect(),
             seg_norms: Buf::new(segments.count(), || 0.0),
+            phases: Buf::new(t, Default::default),
             per_worker,
             pending: Buf::new(t, || 0usize),
             flushed: Buf::new(t, || false),
@@ -296,6 +298,13 @@ where
 
     fn all_leaves(&self) -> Span {
         Span::of(0..self.shared.cfg.shape.leaf_count() as usize)
+    }
+
+    /// Per worker, where its time in the last training job went (compute,
+    /// reduction, update, waiting at barriers).
+    pub fn phase_times(&self) -> &[PhaseTimes] {
+        // SAFETY: written by the workers inside a job; they are parked now.
+        unsafe { self.shared.phases.all() }
     }
 
     /// Loss of every unit of the last training job (only the units it

@@ -27,13 +27,15 @@
 //! hooks for executors that span processes), `pool` (the persistent workers
 //! and the job protocol), `shared` (the state the workers share), `schedule`
 //! (which worker computes which unit), `compute` (one unit's forward and
-//! backward, evaluation), `step` (the training job phase by phase), `reduce`
+//! backward, evaluation), `step` (the training job phase by phase), `phases`
+//! (where each worker's time in it went), `reduce`
 //! (finishing the reduced gradient, ordered sums) and `update` (the
 //! optimizer update).
 
 mod compute;
 mod hierarchy;
 mod partial;
+mod phases;
 mod pool;
 mod reduce;
 mod schedule;
@@ -50,6 +52,7 @@ use cllm_core::tree::Shape;
 
 pub use compute::work_len;
 pub use hierarchy::Hierarchy;
+pub use phases::PhaseTimes;
 pub use reduce::reduction_buffers;
 pub use schedule::leaf_block_units;
 pub use update::{Optimizer, UpdateSettings};

@@ -157,7 +157,8 @@ fn worker_main<A: Accumulator, K: Kernels<f32>>(sh: Arc<Shared<A, K>>, id: usize
                 update,
             } => sh.catch_panic(id, || {
                 let ids = (segments.start + id..segments.end).step_by(sh.cfg.threads);
-                sh.update_segments(ids, grad_norm, update)
+                sh.update_segments(ids, grad_norm, update)?;
+                sh.wait()
             }),
             Job::Eval => sh.catch_panic(id, || sh.eval(id, &mut local)),
         };

@@ -139,6 +139,8 @@ pub(super) struct Shared<A: Accumulator, K> {
     pub(super) pending: Buf<usize>,
     pub(super) flushed: Buf<bool>,
     pub(super) seg_norms: Buf<f64>,
+    /// Per worker: where its time in the last training job went.
+    pub(super) phases: Buf<super::PhaseTimes>,
     pub(super) unit_losses: Buf<f32>,
     pub(super) eval_losses: Buf<f32>,
 

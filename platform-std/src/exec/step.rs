@@ -9,6 +9,7 @@ use cllm_core::accumulate::{AccError, Accumulator, F32Acc};
 use cllm_core::kernels::Kernels;
 use cllm_core::reduce::{FoldPlan, SEGMENT_LEN};
 
+use super::phases::Laps;
 use super::pool::Stop;
 use super::reduce::{ordered_norm, GRAD};
 use super::schedule::{fold_width, MAX_PENDING, MAX_UNIT_BUFFERS};
@@ -17,13 +18,7 @@ use super::{ExecError, UpdateSettings, MAX_THREADS};
 
 impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
     /// One worker's part of a training job: its units, the reduction, the
-    /// finish and the update.
-    // Long (about 190 lines) on purpose: the phases are separated by
-    // barriers (`self.wait()`) that every worker must reach in the same
-    // order, and the SAFETY arguments of each phase lean on the barrier
-    // before it; kept in one function, the order and the reasoning are
-    // read top to bottom. The phases' work is in compute.rs, reduce.rs and
-    // update.rs.
+    /// finish and the update, with the time each took.
     pub(super) fn train(
         &self,
         id: usize,
@@ -32,6 +27,30 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         leaves: Span,
         partial: bool,
         local: &mut Local,
+    ) -> Result<(), Stop> {
+        let mut laps = Laps::start();
+        let r = self.train_phases(id, step, update, leaves, partial, local, &mut laps);
+        // SAFETY: phases[id] belongs to worker id.
+        unsafe { self.phases.get_mut(id..id + 1)[0] = laps.times };
+        r
+    }
+
+    // Long (about 200 lines) on purpose: the phases are separated by
+    // barriers (`self.wait()`) that every worker must reach in the same
+    // order, and the SAFETY arguments of each phase lean on the barrier
+    // before it; kept in one function, the order and the reasoning are
+    // read top to bottom. The phases' work is in compute.rs, reduce.rs and
+    // update.rs.
+    #[allow(clippy::too_many_arguments)]
+    fn train_phases(
+        &self,
+        id: usize,
+        step: u64,
+        update: Option<UpdateSettings>,
+        leaves: Span,
+        partial: bool,
+        local: &mut Local,
+        laps: &mut Laps,
     ) -> Result<(), Stop> {
         let t = self.cfg.threads;
         let inv_units = 1.0 / self.cfg.units as f32;
@@ -62,8 +81,10 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                     };
                     r.map_err(|e| self.fail(ExecError::Accumulate(e)))?;
                     (pending, flushed) = (0, true);
+                    laps.reduce();
                 }
                 self.run_unit(id, step, u, mine.start + pending, local)?;
+                laps.compute();
                 pending += 1;
             }
             unsafe {
@@ -71,6 +92,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 self.flushed.get_mut(id..id + 1)[0] = flushed;
             }
             self.wait()?;
+            laps.wait();
             // SAFETY: written by their owners before the barrier.
             let (pend, done) = unsafe { (self.pending.all(), self.flushed.all()) };
             // Is the gradient slot (worker 0's first unit buffer) one of the
@@ -151,8 +173,10 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                     let u = units.start + round.units().start + k;
                     let buf = round.unit_buffer(k).expect("claimed inside the round");
                     self.run_unit(id, step, u, buf, local)?;
+                    laps.compute();
                 }
                 self.wait()?;
+                laps.wait();
                 for s in self.segments.owned(id, t) {
                     let r = self.segments.range(s);
                     for cllm_core::reduce::Add { src, dst } in round.ops() {
@@ -176,8 +200,10 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                         self.finish_segment(s, g, inv_units);
                     }
                 }
+                laps.reduce();
                 if !finish_here {
                     self.wait()?;
+                    laps.wait();
                 }
             }
             // The sum is in the gradient slot: the plan's root is buffer 0,
@@ -202,13 +228,19 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 }
             }
         }
+        laps.reduce();
         self.wait()?;
+        laps.wait();
         if partial {
             return Ok(());
         }
         let Some(up) = update else { return Ok(()) };
         // Every worker sums the same partials in the same order.
         let norm = ordered_norm(unsafe { self.seg_norms.all() });
-        self.update_segments(self.segments.owned(id, t), norm, up)
+        self.update_segments(self.segments.owned(id, t), norm, up)?;
+        laps.update();
+        self.wait()?;
+        laps.wait();
+        Ok(())
     }
 }

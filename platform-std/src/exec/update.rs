@@ -35,7 +35,8 @@ pub struct UpdateSettings {
 
 impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
     /// Apply the optimizer to segments `ids` (owned by this worker), with
-    /// the clipping factor of global norm `norm`.
+    /// the clipping factor of global norm `norm`. The caller meets the
+    /// others at the barrier afterwards.
     pub(super) fn update_segments(
         &self,
         ids: impl Iterator<Item = usize>,
@@ -81,6 +82,6 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             }
             .map_err(|e| self.fail(ExecError::Optimizer(e)))?;
         }
-        self.wait()
+        Ok(())
     }
 }

@@ -34,12 +34,14 @@
 
 mod dispatch;
 mod gemm;
+mod peak;
 mod seam;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use gemm::{sgemm_bias_with, sgemm_with};
+pub use peak::fma_peak_gflops;
 pub use simd::AdamW;
 
 /// Which code path to run. `Auto` picks the widest instruction set the CPU

@@ -11,10 +11,16 @@ threads, the ratio cllm/PyTorch and the 2-thread scaling.
         --torch-python /tmp/torchvenv/bin/python
 
 `--kernels amx` runs cllm with its AMX bf16x3 GEMMs; `--torch-matmul-precision
-medium` lets PyTorch use bf16 matmuls too. Without `--torch-python` only cllm
+medium` lets PyTorch use bf16 matmuls too. `--kernels avx2` (or `avx512`)
+forces cllm's path and pins PyTorch to the same ISA (`ATEN_CPU_CAPABILITY`,
+`MKL_ENABLE_INSTRUCTIONS`, `DNNL_MAX_CPU_ISA`), so the comparison is like
+for like on any machine. The last line gives both sides as a fraction of
+the path's FMA peak measured with 2 threads at once (bench_train's FLOPs
+per token: 6 per parameter plus attention). Without `--torch-python` only cllm
 runs (scaling only). Not used by tests.
 """
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -23,6 +29,14 @@ import sys
 from bench_table import table_rows
 
 TORCH = re.compile(r"tokens/s=(\d+).*peak_rss_mib=(\d+)")
+FMA_PEAK = re.compile(r"measured FMA peak \([^,]*, 2 threads at once\): ([\d.]+) GFLOP/s")
+# Environment that keeps PyTorch (ATen, MKL, oneDNN) on one ISA.
+TORCH_ISA = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "DNNL_MAX_CPU_ISA": "AVX2"},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+               "DNNL_MAX_CPU_ISA": "AVX512_CORE"},
+}
 
 
 def cllm(args):
@@ -36,20 +50,26 @@ def cllm(args):
     for r in table_rows(out):
         rss = next(v for k, v in r.items() if k.startswith("peak RSS"))
         rows[int(r["threads"])] = (float(r["tokens/s"]), float(rss),
-                                   float(r["best-step tokens/s"]))
+                                   float(r["best-step tokens/s"]),
+                                   float(r["model GFLOP/s"]) * 1e9 / float(r["tokens/s"]))
     if set(rows) != {1, 2}:
         sys.exit(f"could not parse bench_train output:\n{out}")
-    return rows
+    m = FMA_PEAK.search(out)
+    return rows, float(m.group(1)) if m else None
 
 
 def torch(args):
     cmd = [args.torch_python, "bench/pytorch_baseline.py", "--config", args.config,
            "--threads", "2", "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--matmul-precision", args.torch_matmul_precision]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, **TORCH_ISA.get(args.kernels, {}))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     m = TORCH.search(out)
     if not m:
         sys.exit(f"could not parse pytorch_baseline output:\n{out}")
+    cap = re.search(r"cpu_capability=(\S+)", out)
+    if args.kernels in TORCH_ISA and cap and cap.group(1).lower() != args.kernels:
+        sys.exit(f"PyTorch ran on {cap.group(1)}, not {args.kernels}:\n{out}")
     return float(m.group(1)), float(m.group(2))
 
 
@@ -68,13 +88,17 @@ def main():
                    help="torch.set_float32_matmul_precision for the PyTorch side")
     args = p.parse_args()
 
-    c1, c2, t2, b1, b2 = [], [], [], [], []
+    c1, c2, t2, b1, b2, peaks = [], [], [], [], [], []
+    flops_per_token = None
     for r in range(args.rounds):
         if args.torch_python:
             tok, rss = torch(args)
             t2.append(tok)
             print(f"round {r + 1}: pytorch 2 threads {tok:.0f} tok/s ({rss:.0f} MiB)", flush=True)
-        rows = cllm(args)
+        rows, peak = cllm(args)
+        flops_per_token = rows[2][3]
+        if peak:
+            peaks.append(peak)
         c1.append(rows[1][0])
         c2.append(rows[2][0])
         b1.append(rows[1][2])
@@ -90,6 +114,15 @@ def main():
     if t2:
         print(f"median pytorch 2 threads {med(t2):.0f} tok/s; cllm/pytorch {med(c2) / med(t2):.2f}x "
               "(per round: " + ", ".join(f"{b / a:.2f}" for a, b in zip(t2, c2)) + ")")
+    if peaks:
+        peak = med(peaks)
+        line = (f"fraction of the FMA peak, 2 threads ({peak:.1f} GFLOP/s measured, "
+                f"{flops_per_token / 1e6:.3f} MFLOP per token): cllm {flops_per_token * med(c2) / 1e9:.1f} "
+                f"GFLOP/s = {100 * flops_per_token * med(c2) / 1e9 / peak:.0f} %")
+        if t2:
+            line += (f", pytorch {flops_per_token * med(t2) / 1e9:.1f} GFLOP/s = "
+                     f"{100 * flops_per_token * med(t2) / 1e9 / peak:.0f} %")
+        print(line)
 
 
 if __name__ == "__main__":

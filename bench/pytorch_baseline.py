@@ -106,6 +106,7 @@ def main():
     print(
         f"pytorch {torch.__version__} config={args.config} threads={args.threads} "
         f"matmul_precision={args.matmul_precision} params={n} "
+        f"cpu_capability={torch.backends.cpu.get_cpu_capability()} "
         f"tokens/s={args.steps * b * t / dt:.0f} ms/step={1000 * dt / args.steps:.1f} "
         f"peak_rss_mib={rss:.0f} loss={loss:.3f} ln(V)={math.log(256):.3f}"
     )

@@ -9,7 +9,7 @@
 //! being descheduled on a shared machine does not count, though sharing the
 //! core's caches still does. All runs are single-threaded.
 
-use cllm_std::kernels::{AdamW, Isa, KernelChoice, SimdKernels};
+use cllm_std::kernels::{fma_peak_gflops, AdamW, Isa, KernelChoice, SimdKernels};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -461,63 +461,6 @@ fn bench_elementwise(quick: bool) {
     row(&format!("adamw n={np}"), np, None, jobs);
 }
 
-/// Register-only FMA throughput (GFLOP/s): the hardware ceiling a GEMM
-/// micro-kernel can approach, for context.
-#[cfg(target_arch = "x86_64")]
-fn fma_peak(rounds: usize) -> Option<(f64, f64)> {
-    use std::arch::x86_64::*;
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run512(iters: usize) -> f32 {
-        let mut acc = [_mm512_set1_ps(0.0); 16];
-        let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-        for _ in 0..iters {
-            for a in acc.iter_mut() {
-                *a = _mm512_fmadd_ps(*a, x, y);
-            }
-        }
-        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
-    }
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run256(iters: usize) -> f32 {
-        let mut acc = [_mm256_set1_ps(0.0); 12];
-        let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        for _ in 0..iters {
-            for a in acc.iter_mut() {
-                *a = _mm256_fmadd_ps(*a, x, y);
-            }
-        }
-        let mut buf = [0.0f32; 8];
-        acc.iter()
-            .map(|&a| {
-                _mm256_storeu_ps(buf.as_mut_ptr(), a);
-                buf.iter().sum::<f32>()
-            })
-            .sum()
-    }
-    let iters = 300_000;
-    let mut best = (0.0f64, 0.0f64);
-    for _ in 0..rounds {
-        if is_x86_feature_detected!("avx512f") {
-            let t = now();
-            // SAFETY: AVX-512F detected just above.
-            black_box(unsafe { run512(iters) });
-            best.0 = best.0.max((iters * 16 * 32) as f64 / (now() - t) / 1e9);
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            let t = now();
-            // SAFETY: AVX2 and FMA detected just above.
-            black_box(unsafe { run256(iters) });
-            best.1 = best.1.max((iters * 12 * 16) as f64 / (now() - t) / 1e9);
-        }
-    }
-    Some(best)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn fma_peak(_: usize) -> Option<(f64, f64)> {
-    None
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -532,8 +475,22 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|s| s.as_str());
     println!("cpu: best path {}; single-threaded", Isa::detect().name());
-    if let Some((p512, p256)) = fma_peak(if quick { 30 } else { 200 }) {
-        println!("register-only FMA peak: avx512 {p512:.1} GFLOP/s, avx2 {p256:.1} GFLOP/s (best of rounds)");
+    let time = Duration::from_millis(if quick { 200 } else { 1000 });
+    let peaks: Vec<String> = [Isa::Avx512, Isa::Avx2Fma]
+        .into_iter()
+        .filter_map(|isa| {
+            Some(format!(
+                "{} {:.1} GFLOP/s",
+                isa.name(),
+                fma_peak_gflops(isa, 1, time)?
+            ))
+        })
+        .collect();
+    if !peaks.is_empty() {
+        println!(
+            "register-only FMA peak (one thread, median burst): {}",
+            peaks.join(", ")
+        );
     }
     if only != Some("elementwise") {
         bench_gemm(quick, filter);

@@ -86,6 +86,8 @@ COMPARE = {
                         r"\(per round: ([^)]*)\)"),
     "rss": re.compile(r"pytorch 2 threads \d+ tok/s \((\d+) MiB\)"),
     "crss": re.compile(r"cllm 1 thread \d+, 2 threads \d+ tok/s \((\d+) MiB\)"),
+    "peak": re.compile(r"fraction of the FMA peak, 2 threads \(([\d.]+) GFLOP/s measured.*"
+                       r"cllm [\d.]+ GFLOP/s = (\d+) %(?:, pytorch [\d.]+ GFLOP/s = (\d+) %)?"),
 }
 
 
@@ -94,9 +96,15 @@ def _range(per_round):
     return f"{min(xs):.2f}–{max(xs):.2f}"
 
 
-def parse_compare(out, _row):
-    """bench/compare.py: medians, per-round ranges, best steps, peak RSS."""
+def parse_compare(out, row):
+    """bench/compare.py: medians, per-round ranges, best steps, peak RSS,
+    fractions of the FMA peak; `${path}` is the command's `--kernels`."""
     v = {}
+    k = re.search(r"--kernels (\S+)", row.get("command", ""))
+    v["path"] = k[1] if k else "auto"
+    m = COMPARE["peak"].search(out)
+    if m:
+        v.update(peak=m[1], cllm_pct=m[2], torch_pct=m[3] or "-")
     m = COMPARE["cllm"].search(out)
     if not m:
         raise ValueError("no 'median cllm' line in the output")

@@ -250,3 +250,83 @@ fn a_repeating_failure_stops_the_run_and_keeps_the_last_checkpoint() {
         checkpoint_hashes(&clean_dir, STEPS)
     );
 }
+
+/// `--kernels avx2` and `--kernels avx512` force their path (the run says
+/// which), each keeps the layout guarantee, and `auto` is the widest one.
+#[test]
+fn forced_simd_paths_are_layout_invariant_and_auto_is_the_widest() {
+    use cllm_std::kernels::Isa;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, data) = data();
+    let mut by_path = Vec::new();
+    for (sel, isa, label) in [
+        ("avx2", Isa::Avx2Fma, "avx2+fma"),
+        ("avx512", Isa::Avx512, "avx512f+fma"),
+        ("auto", Isa::detect(), Isa::detect().name()),
+    ] {
+        if !isa.supported() || isa == Isa::Scalar {
+            eprintln!("skipping --kernels {sel}: this CPU cannot run it");
+            continue;
+        }
+        let mut first = None;
+        for (depth, threads) in [(0u32, 1usize), (1, 2)] {
+            let out = tmp.path().join(format!("{sel}-d{depth}-t{threads}"));
+            let (d, t) = (depth.to_string(), threads.to_string());
+            let a = [
+                s(data),
+                "--out",
+                s(&out),
+                "--steps",
+                "4",
+                "--accumulator",
+                "exact",
+                "--kernels",
+                sel,
+                "--embed-dim",
+                "32",
+                "--num-layers",
+                "1",
+                "--num-heads",
+                "2",
+                "--seq-len",
+                "16",
+                "--batch-size",
+                "4",
+                "--micro-batch",
+                "1",
+                "--eval-every",
+                "0",
+                "--eval-windows",
+                "4",
+                "--sample-tokens",
+                "0",
+                "--recursive-depth",
+                &d,
+                "--threads",
+                &t,
+            ];
+            let o = train(&a, &[]);
+            assert_ok(&o);
+            assert!(
+                String::from_utf8_lossy(&o.stdout).contains(label),
+                "--kernels {sel} reports {label}"
+            );
+            let h = checkpoint_hashes(&out, 4);
+            match &first {
+                None => first = Some(h),
+                Some(f) => assert_eq!(&h, f, "{sel}: depth {depth}, {threads} threads differ"),
+            }
+        }
+        by_path.push((sel, isa, first.unwrap()));
+    }
+    if let Some((_, auto_isa, auto)) = by_path.iter().find(|p| p.0 == "auto") {
+        for (sel, isa, h) in &by_path {
+            if isa == auto_isa {
+                assert_eq!(
+                    h, auto,
+                    "--kernels {sel} is what auto picked, with other bits"
+                );
+            }
+        }
+    }
+}

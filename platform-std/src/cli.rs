@@ -133,7 +133,8 @@ struct Args {
     #[arg(long, default_value_t = d::PRECISION)]
     precision: u32,
     /// Math kernels: auto (fastest full-f32 kernels for this CPU), portable (bit-identical
-    /// everywhere) or amx (GEMMs on AMX-BF16 tiles in three bf16 terms: faster, ~16-bit operands)
+    /// everywhere), avx2 or avx512 (force that path), or amx (GEMMs on AMX-BF16 tiles in
+    /// three bf16 terms: faster, ~16-bit operands)
     #[arg(long, default_value = "auto", value_parser = choice!(KernelSelection))]
     kernels: KernelSelection,
 

@@ -240,9 +240,15 @@ pub fn dispatch_kernels<T: KernelTask>(sel: KernelSelection, task: T) -> T::Outp
         }
         // The core's plain-Rust kernels: the same bits on every platform.
         KernelSelection::Portable => task.run(Portable, "portable".to_string()),
-        KernelSelection::Amx => {
-            let k = crate::kernels::SimdKernels::new(crate::kernels::KernelChoice::Amx)
-                .expect("--kernels amx is checked by KernelSelection::check first");
+        KernelSelection::Avx2 | KernelSelection::Avx512 | KernelSelection::Amx => {
+            use crate::kernels::KernelChoice;
+            let choice = match sel {
+                KernelSelection::Avx2 => KernelChoice::Avx2,
+                KernelSelection::Avx512 => KernelChoice::Avx512,
+                _ => KernelChoice::Amx,
+            };
+            let k = crate::kernels::SimdKernels::new(choice)
+                .expect("--kernels is checked by KernelSelection::check first");
             task.run(k, k.describe())
         }
     }

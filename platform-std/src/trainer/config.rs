@@ -163,6 +163,11 @@ choice_enum!(
         Auto => "auto",
         /// The portable scalar kernels (bit-identical on every platform).
         Portable => "portable",
+        /// The AVX2+FMA kernels, also on a CPU with AVX-512 (to measure or
+        /// reproduce that path anywhere).
+        Avx2 => "avx2",
+        /// The AVX-512F kernels (what `auto` picks where the CPU has them).
+        Avx512 => "avx512",
         /// AVX-512 with the large GEMMs on AMX-BF16 tiles in three bf16
         /// terms: faster, with about 16 significant bits per GEMM operand
         /// ([`Isa::Amx`](crate::kernels::Isa::Amx)).
@@ -173,6 +178,18 @@ choice_enum!(
 impl KernelSelection {
     /// An error naming what is missing when this CPU cannot run the choice.
     pub fn check(self) -> Result<(), ConfigError> {
+        use crate::kernels::Isa;
+        for (sel, isa, needs) in [
+            (KernelSelection::Avx2, Isa::Avx2Fma, "AVX2 and FMA"),
+            (KernelSelection::Avx512, Isa::Avx512, "AVX-512F"),
+        ] {
+            if self == sel && !isa.supported() {
+                return Err(ConfigError(format!(
+                    "--kernels {} needs {needs}, which this CPU lacks (use --kernels auto)",
+                    self.name()
+                )));
+            }
+        }
         if self == KernelSelection::Amx && !crate::kernels::Isa::Amx.supported() {
             return Err(ConfigError(
                 "--kernels amx needs AVX-512 BF16 and AMX-BF16 and Linux's permission to use \

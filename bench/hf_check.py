@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-# Usage (from the repository root, after a run with --tokenizer char or bpe,
+# Usage (from the repository root, after a run with any --tokenizer but word,
 # or on any GPT-2 directory cllm can fine-tune):
 #   /tmp/torchvenv/bin/pip install torch transformers
 #   /tmp/torchvenv/bin/python bench/hf_check.py DIR [PROMPT]
-# Loads DIR with transformers (GPT2LMHeadModel, and AutoTokenizer for bpe)
-# and compares greedy decoding with cllm's own generator.
+# Loads DIR with transformers (GPT2LMHeadModel and AutoTokenizer) and
+# compares greedy decoding with cllm's own generator.
 import json, subprocess, sys, torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
 d = sys.argv[1]
 prompt = sys.argv[2] if len(sys.argv) > 2 else "ROMEO:"
 n = 40
 doc = json.load(open(f"{d}/tokenizer.json")) if __import__("os").path.exists(f"{d}/tokenizer.json") else {}
-if "chars" in doc:  # cllm's char tokenizer
+if "chars" in doc:  # a char run of an earlier version (cllm's own format)
     chars = doc["chars"]
     stoi = {c: i for i, c in enumerate(chars)}
     encode = lambda s: [stoi[c] for c in s]

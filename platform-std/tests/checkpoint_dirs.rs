@@ -308,7 +308,17 @@ fn final_model_dir_round_trip() {
     assert_eq!(loaded.tokenizer, tok);
     assert_eq!(loaded.config, c);
     assert_eq!(loaded.model.len(), m.len());
-    assert_eq!(names(&out), [CONFIG_FILE, MODEL_FILE, "tokenizer.json"]);
+    // The tokenizer in the Hugging Face layout, as for bpe.
+    assert_eq!(
+        names(&out),
+        [
+            CONFIG_FILE,
+            MODEL_FILE,
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
 }
 
 /// A tiny tmpfs mounted for the test, unmounted on drop.

@@ -411,3 +411,38 @@ fn from_bytes_matches_load_and_survives_arbitrary_bytes() {
         }
     }
 }
+
+/// Byte and char run directories hold a `tokenizer.json` that the Hugging
+/// Face `tokenizers` library itself reads, with the same ids and text as
+/// cllm, and that cllm reads back as the same kind; the cllm format of
+/// earlier versions still loads.
+#[test]
+fn byte_and_char_files_are_hugging_face_tokenizers_with_the_same_ids() {
+    let text = "First Citizen:\nBefore we proceed, hear me speak.\t\"é\" ünï 😀 \u{0}  end\n";
+    let char_tok = Tokenizer::train_char(text).unwrap();
+    for tok in [Tokenizer::Byte, char_tok] {
+        let dir = tempfile::tempdir().unwrap();
+        tok.save(dir.path()).unwrap();
+        for f in ["tokenizer_config.json", "special_tokens_map.json"] {
+            assert!(dir.path().join(f).is_file(), "{:?}: {f}", tok.kind());
+        }
+        let hf = tokenizers::Tokenizer::from_file(dir.path().join(TOKENIZER_FILE)).unwrap();
+        let ids = tok.encode(text).unwrap();
+        let enc = hf.encode(text, false).unwrap();
+        assert_eq!(enc.get_ids(), &ids[..], "{:?}: ids", tok.kind());
+        assert_eq!(
+            hf.decode(&ids, false).unwrap(),
+            text,
+            "{:?}: text",
+            tok.kind()
+        );
+        assert_eq!(hf.get_vocab_size(false), tok.vocab_size());
+        assert_eq!(Tokenizer::load(dir.path()).unwrap(), tok);
+    }
+    let old = br#"{"format":"cllm-tokenizer","version":1,"kind":"char","vocab_size":2,"chars":["a","b"]}"#;
+    let t = Tokenizer::from_bytes(old, None).unwrap();
+    assert_eq!(t.kind(), TokenizerKind::Char);
+    assert_eq!(t.encode("ba").unwrap(), vec![1, 0]);
+    let old = br#"{"format":"cllm-tokenizer","version":1,"kind":"byte","vocab_size":256}"#;
+    assert_eq!(Tokenizer::from_bytes(old, None).unwrap(), Tokenizer::Byte);
+}

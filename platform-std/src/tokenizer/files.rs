@@ -1,7 +1,16 @@
-//! Tokenizer files: cllm's own (`tokenizer.json` with `"format":
-//! "cllm-tokenizer"`, and `vocab.txt` for word) and Hugging Face's
-//! (`tokenizer.json` of the `tokenizers` library, or GPT-2's `vocab.json` +
-//! `merges.txt`, for bpe): writing, reading, validating.
+//! Tokenizer files: Hugging Face's (`tokenizer.json` of the `tokenizers`
+//! library, written for byte, char and bpe, or GPT-2's `vocab.json` +
+//! `merges.txt`, read for bpe) and cllm's own (`tokenizer.json` with
+//! `"format": "cllm-tokenizer"`, written for word with its `vocab.txt`, and
+//! read for every kind, so runs of earlier versions load): writing, reading,
+//! validating.
+//!
+//! Byte and char are expressed in the library's terms as a BPE without
+//! merges: byte with GPT-2's byte-level pre-tokenizer and decoder and the 256
+//! byte characters at their byte values, char with no pre-tokenizer, one
+//! vocabulary entry per character and the `Fuse` decoder. Reading such a file
+//! gives the byte or char tokenizer back (not a BPE), so a run resumes as
+//! the kind it was.
 
 use std::fs;
 use std::io;
@@ -41,8 +50,122 @@ fn save_bpe(b: &BpeTokenizer, dir: &Path) -> Result<(), TokenizerError> {
         .eos_id()
         .and_then(|id| b.inner().id_to_token(id))
         .map_or(Value::Null, Value::String);
+    let class = if b.is_byte_level() {
+        "GPT2Tokenizer"
+    } else {
+        "PreTrainedTokenizerFast"
+    };
+    save_hf_configs(dir, class, eot)
+}
+
+/// A `tokenizer.json` of the `tokenizers` library: a BPE without merges
+/// over `vocab`, with these pre-tokenizer and decoder.
+fn hf_no_merges(vocab: serde_json::Map<String, Value>, pre: Value, decoder: Value) -> Value {
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": pre,
+        "post_processor": null,
+        "decoder": decoder,
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": null,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": false,
+            "byte_fallback": false,
+            "ignore_merges": false,
+            "vocab": vocab,
+            "merges": []
+        }
+    })
+}
+
+fn byte_level(add_prefix_space: bool) -> Value {
+    json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": true, "use_regex": true})
+}
+
+/// The byte tokenizer in the library's format: byte `b` is id `b`.
+fn hf_byte_doc() -> Value {
+    let vocab = super::byte_chars()
+        .into_iter()
+        .enumerate()
+        .map(|(b, c)| (c.to_string(), json!(b)))
+        .collect();
+    hf_no_merges(vocab, byte_level(false), byte_level(true))
+}
+
+/// A char tokenizer in the library's format: `chars[i]` is id `i`.
+fn hf_char_doc(chars: &[char]) -> Value {
+    let vocab = chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), json!(i)))
+        .collect();
+    hf_no_merges(vocab, Value::Null, json!({"type": "Fuse"}))
+}
+
+/// The byte or char tokenizer a library-format document describes, if it is
+/// one of the two as [`hf_byte_doc`] and [`hf_char_doc`] write them (a BPE
+/// without merges, added tokens or normalizer, whose vocabulary is the 256
+/// byte characters at their byte values, or single characters with ids
+/// `0..n`); None for anything else, which is read as a BPE.
+fn hf_byte_or_char(doc: &Value) -> Option<Tokenizer> {
+    let model = doc.get("model")?;
+    let plain = model.get("type").and_then(Value::as_str) == Some("BPE")
+        && model.get("merges")?.as_array()?.is_empty()
+        && doc
+            .get("added_tokens")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        && doc.get("normalizer").is_none_or(Value::is_null)
+        && doc.get("post_processor").is_none_or(Value::is_null)
+        && model.get("unk_token").is_none_or(Value::is_null);
+    if !plain {
+        return None;
+    }
+    let vocab = model.get("vocab")?.as_object()?;
+    let pre = doc.get("pre_tokenizer").unwrap_or(&Value::Null);
+    let decoder = doc.get("decoder").unwrap_or(&Value::Null);
+    let kind = |v: &Value| v.get("type").and_then(Value::as_str).map(str::to_string);
+    if kind(pre).as_deref() == Some("ByteLevel") && kind(decoder).as_deref() == Some("ByteLevel") {
+        let bytes = super::byte_chars();
+        let exact = vocab.len() == 256
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(b, c)| vocab.get(&c.to_string()).and_then(Value::as_u64) == Some(b as u64));
+        return exact.then_some(Tokenizer::Byte);
+    }
+    if pre.is_null() && kind(decoder).as_deref() == Some("Fuse") && vocab.len() <= MAX_VOCAB {
+        let mut chars = vec![None; vocab.len()];
+        for (token, id) in vocab {
+            let id = usize::try_from(id.as_u64()?).ok()?;
+            let mut it = token.chars();
+            let (Some(c), None) = (it.next(), it.next()) else {
+                return None;
+            };
+            if std::mem::replace(chars.get_mut(id)?, Some(c)).is_some() {
+                return None;
+            }
+        }
+        let chars: Option<Vec<char>> = chars.into_iter().collect();
+        return CharVocab::new(chars?).ok().map(Tokenizer::Char);
+    }
+    None
+}
+
+/// `tokenizer_config.json` and `special_tokens_map.json`, so that
+/// `AutoTokenizer.from_pretrained(dir)` loads the directory's
+/// `tokenizer.json` as `class`, with `eot` as its beginning, end and unknown
+/// token (or no special tokens when it is null).
+fn save_hf_configs(dir: &Path, class: &str, eot: Value) -> Result<(), TokenizerError> {
     let mut config = json!({
-        "tokenizer_class": if b.is_byte_level() { "GPT2Tokenizer" } else { "PreTrainedTokenizerFast" },
+        "tokenizer_class": class,
         "add_prefix_space": false,
         // Decoded text must be what `generate` prints, unchanged.
         "clean_up_tokenization_spaces": false,
@@ -63,8 +186,15 @@ use crate::fsutil::{write_atomic, FsError};
 impl Tokenizer {
     /// Writes the tokenizer's files into `dir` (each atomically).
     pub fn save(&self, dir: &Path) -> Result<(), TokenizerError> {
-        if let Tokenizer::Bpe(b) = self {
-            return save_bpe(b, dir);
+        let hf = match self {
+            Tokenizer::Bpe(b) => return save_bpe(b, dir),
+            Tokenizer::Byte => Some(hf_byte_doc()),
+            Tokenizer::Char(v) => Some(hf_char_doc(&v.chars)),
+            Tokenizer::Word(_) => None,
+        };
+        if let Some(doc) = hf {
+            write_json(&dir.join(TOKENIZER_FILE), &doc)?;
+            return save_hf_configs(dir, "PreTrainedTokenizerFast", Value::Null);
         }
         let mut doc = json!({
             "format": TOKENIZER_FORMAT,
@@ -73,11 +203,7 @@ impl Tokenizer {
             "vocab_size": self.vocab_size(),
         });
         match self {
-            Tokenizer::Byte | Tokenizer::Bpe(_) => {}
-            Tokenizer::Char(v) => {
-                let chars: Vec<String> = v.chars.iter().map(|c| c.to_string()).collect();
-                doc["chars"] = json!(chars);
-            }
+            Tokenizer::Byte | Tokenizer::Bpe(_) | Tokenizer::Char(_) => {}
             Tokenizer::Word(v) => {
                 doc["vocab_file"] = json!(VOCAB_FILE);
                 doc["specials"] = json!(WORD_SPECIALS);
@@ -158,6 +284,9 @@ impl Tokenizer {
             .as_object()
             .ok_or_else(|| invalid("expected a JSON object".to_string()))?;
         if !obj.contains_key("format") && obj.contains_key("model") {
+            if let Some(t) = hf_byte_or_char(&doc) {
+                return Ok(t);
+            }
             return BpeTokenizer::from_json(&path, text).map(Tokenizer::Bpe);
         }
         match obj.get("format").and_then(Value::as_str) {
@@ -261,8 +390,7 @@ impl Tokenizer {
     pub fn file_names(&self) -> &'static [&'static str] {
         match self {
             Tokenizer::Word(_) => &[TOKENIZER_FILE, VOCAB_FILE],
-            Tokenizer::Bpe(_) => &[TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE],
-            _ => &[TOKENIZER_FILE],
+            _ => &[TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE],
         }
     }
 }

@@ -2,14 +2,17 @@
 //! code), and their files in a model directory (`files`).
 //!
 //! Files written into a model directory:
-//! - bpe: `tokenizer.json` in the Hugging Face `tokenizers` format, with
-//!   `tokenizer_config.json` and `special_tokens_map.json`, so that
-//!   `AutoTokenizer.from_pretrained(dir)` loads it;
-//! - byte, char, word: `tokenizer.json` in cllm's own format, e.g.
-//!   `{"format": "cllm-tokenizer", "version": 1, "kind": "byte",
-//!   "vocab_size": 256}`; char adds `"chars"`, the vocabulary in id order
-//!   (one single-character string per id); word writes `vocab.txt`, one
-//!   token per line in id order, the five specials first.
+//! - byte, char, bpe: `tokenizer.json` in the Hugging Face `tokenizers`
+//!   format, with `tokenizer_config.json` and `special_tokens_map.json`, so
+//!   that `AutoTokenizer.from_pretrained(dir)` loads it (byte and char as a
+//!   BPE without merges, see `files`);
+//! - word: `tokenizer.json` in cllm's own format,
+//!   `{"format": "cllm-tokenizer", "version": 1, "kind": "word",
+//!   "vocab_size": N, ...}`, and `vocab.txt`, one token per line in id
+//!   order, the five specials first.
+//!
+//! cllm's own format is read for every kind (byte; char with `"chars"`, the
+//! vocabulary in id order), which is what earlier versions wrote.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;

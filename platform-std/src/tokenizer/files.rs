@@ -149,7 +149,7 @@ fn hf_byte_or_char(doc: &Value) -> Option<Tokenizer> {
             let (Some(c), None) = (it.next(), it.next()) else {
                 return None;
             };
-            if std::mem::replace(chars.get_mut(id)?, Some(c)).is_some() {
+            if chars.get_mut(id)?.replace(c).is_some() {
                 return None;
             }
         }

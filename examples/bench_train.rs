@@ -291,6 +291,7 @@ fn real_main() -> Result<(), String> {
         n_embd,
         n_layer,
         n_head,
+        untied_head: false,
     };
     println!(
         "config {}: {} layers, {} heads, n_embd {}, seq {}, batch {}, {} parameters, byte tokens, AdamW",

@@ -42,12 +42,15 @@ struct Style {
     /// A stored `lm_head.weight`: `Some(true)` a copy of wte, `Some(false)`
     /// different values.
     lm_head: Option<bool>,
+    /// config.json's `tie_word_embeddings`.
+    tie: bool,
 }
 
 const HUB: Style = Style {
     prefix: false,
     buffers: true,
     lm_head: None,
+    tie: true,
 };
 
 fn s(p: &Path) -> &str {
@@ -197,7 +200,8 @@ fn gpt2_dir(dir: &Path, sh: Shape, style: Style) {
         "summary_proj_to_labels": true, "summary_type": "cls_index",
         "summary_use_proj": true,
         "task_specific_params": {"text-generation": {"do_sample": true, "max_length": 50}},
-        "vocab_size": sh.vocab
+        "vocab_size": sh.vocab,
+        "tie_word_embeddings": style.tie
     });
     fs::write(
         dir.join("config.json"),
@@ -244,11 +248,15 @@ fn fine_tune(tmp: &Path, from: &Path, extra: &[&str]) -> std::process::Output {
 
 fn weights(dir: &Path) -> Vec<(String, Vec<u32>)> {
     let p = dir.join("model.safetensors");
-    let mut t: Vec<(String, Vec<u32>)> = canonical_gpt2_tensors(&p, read_safetensors(&p).unwrap())
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.name, t.data.iter().map(|x| x.to_bits()).collect()))
-        .collect();
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let tied = config["tie_word_embeddings"].as_bool().unwrap_or(true);
+    let mut t: Vec<(String, Vec<u32>)> =
+        canonical_gpt2_tensors(&p, read_safetensors(&p).unwrap(), tied)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, t.data.iter().map(|x| x.to_bits()).collect()))
+            .collect();
     t.sort();
     t
 }
@@ -261,11 +269,20 @@ fn fine_tunes_every_hugging_face_layout_from_its_exact_weights() {
             prefix: true,
             buffers: false,
             lm_head: Some(true),
+            tie: true,
         },
         Style {
             prefix: true,
             buffers: false,
             lm_head: None,
+            tie: true,
+        },
+        // An untied head, its own lm_head.weight.
+        Style {
+            prefix: true,
+            buffers: false,
+            lm_head: Some(false),
+            tie: false,
         },
     ];
     for style in styles {

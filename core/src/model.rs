@@ -20,7 +20,7 @@
 //! use cllm_core::kernels::Portable;
 //! use cllm_core::model::{self, GptConfig};
 //!
-//! let cfg = GptConfig { vocab_size: 16, n_positions: 8, n_embd: 8, n_layer: 2, n_head: 2 };
+//! let cfg = GptConfig { vocab_size: 16, n_positions: 8, n_embd: 8, n_layer: 2, n_head: 2, untied_head: false };
 //! cfg.validate()?;
 //! let (batch, seq) = (2, 4);
 //! let mut params = vec![0.0f32; cfg.num_params()];

@@ -429,6 +429,7 @@ mod tests {
             n_embd: 2,
             n_layer: 1,
             n_head: 1,
+            untied_head: false,
         };
         let n = cfg.num_params();
         let mut p = [0.0f32; 96];

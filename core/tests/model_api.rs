@@ -10,6 +10,7 @@ const CFG: GptConfig = GptConfig {
     n_embd: 4,
     n_layer: 1,
     n_head: 2,
+    untied_head: false,
 };
 
 #[test]

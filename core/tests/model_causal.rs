@@ -60,6 +60,7 @@ fn future_tokens_never_change_past_logits() {
         n_embd: 16,
         n_layer: 2,
         n_head: 2,
+        untied_head: false,
     };
     let p64 = perturbed_params(&cfg, 5, 0.2);
     let p32: Vec<f32> = p64.iter().map(|&x| x as f32).collect();

@@ -22,7 +22,7 @@
 
 mod model_util;
 
-use cllm_core::model::{ModelError, TensorKind};
+use cllm_core::model::{GptConfig, ModelError, TensorKind};
 use cllm_core::rng::Rng;
 use model_util::{loss, loss_and_grads, median, perturbed_params, random_tokens, TINY};
 
@@ -38,7 +38,20 @@ fn rel(a: f64, n: f64) -> f64 {
 
 #[test]
 fn backward_matches_finite_differences_for_every_parameter() {
-    let cfg = TINY;
+    gradcheck(TINY);
+}
+
+/// The same for a model with its own `lm_head.weight` (wte then gets the
+/// embedding gradient only).
+#[test]
+fn backward_matches_finite_differences_with_an_untied_head() {
+    gradcheck(GptConfig {
+        untied_head: true,
+        ..TINY
+    });
+}
+
+fn gradcheck(cfg: GptConfig) {
     let mut params = perturbed_params(&cfg, 1, 0.2);
     let mut rng = Rng::new(2);
     let tokens = random_tokens(&mut rng, B * T, cfg.vocab_size);
@@ -147,7 +160,14 @@ fn backward_matches_finite_differences_for_every_parameter() {
 
 #[test]
 fn backward_accumulates_into_grads() {
-    let cfg = TINY;
+    accumulates(TINY);
+    accumulates(GptConfig {
+        untied_head: true,
+        ..TINY
+    });
+}
+
+fn accumulates(cfg: GptConfig) {
     let params = perturbed_params(&cfg, 3, 0.1);
     let mut rng = Rng::new(4);
     let tokens = random_tokens(&mut rng, B * T, cfg.vocab_size);

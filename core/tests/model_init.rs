@@ -89,6 +89,7 @@ const CFG: GptConfig = GptConfig {
     n_embd: 64,
     n_layer: 4,
     n_head: 4,
+    untied_head: false,
 };
 
 fn init<R: cllm_core::real::Real>(seed: u64) -> Vec<R> {
@@ -140,7 +141,11 @@ fn init_follows_gpt2() {
                 }
                 proj_n += s.len();
             }
-            TensorKind::Wte | TensorKind::Wpe | TensorKind::AttnWeight | TensorKind::FcWeight => {
+            TensorKind::Wte
+            | TensorKind::LmHead
+            | TensorKind::Wpe
+            | TensorKind::AttnWeight
+            | TensorKind::FcWeight => {
                 for &x in s {
                     big.0 += x;
                     big.1 += x * x;

@@ -53,6 +53,7 @@ fn cached_generation_equals_full_forward_bitwise() {
         n_embd: 24,
         n_layer: 3,
         n_head: 3,
+        untied_head: false,
     };
     let p64 = perturbed_params(&cfg, 9, 0.2);
     let p32: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
@@ -68,6 +69,7 @@ fn cached_forward_rejects_bad_input() {
         n_embd: 4,
         n_layer: 1,
         n_head: 2,
+        untied_head: false,
     };
     let p = vec![0.0f32; cfg.num_params()];
     let mut cache = vec![0.0f32; cfg.kv_cache_len()];

@@ -59,6 +59,7 @@ fn f32_agrees_with_f64_on_a_wider_model_at_init() {
         n_embd: 32,
         n_layer: 2,
         n_head: 4,
+        untied_head: false,
     };
     compare(&cfg, 0.0, 3, 32);
 }

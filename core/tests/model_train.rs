@@ -20,6 +20,7 @@ fn fresh_model_loss_is_ln_vocab() {
         n_embd: 64,
         n_layer: 2,
         n_head: 4,
+        untied_head: false,
     };
     let (b, t) = (4, 64);
     let mut p = vec![0.0f32; cfg.num_params()];
@@ -75,6 +76,7 @@ fn small_model_memorises_a_passage() {
         n_embd: 32,
         n_layer: 2,
         n_head: 4,
+        untied_head: false,
     };
     let (tokens, targets) = (&ids[..t], &ids[1..]);
 

@@ -12,6 +12,7 @@ const CFG: GptConfig = GptConfig {
     n_embd: 16,
     n_layer: 3,
     n_head: 2,
+    untied_head: false,
 };
 
 fn randn(r: &mut Rng, n: usize, s: f64) -> Vec<f32> {

@@ -312,7 +312,7 @@ pub fn write_model_dir(
 /// Reads a model directory (weights, config, tokenizer) and checks they
 /// agree: the tensors match the config, the tokenizer fits the vocabulary.
 /// Any GPT-2 directory in the Hugging Face layout reads, not only cllm's:
-/// tensor names with or without `transformer.`, mask buffers, a tied
+/// tensor names with or without `transformer.`, mask buffers, a tied or untied
 /// `lm_head.weight`, F16/BF16 weights (see [`canonical_gpt2_tensors`]), and
 /// GPT-2's `vocab.json` + `merges.txt` instead of `tokenizer.json`.
 pub fn load_model_dir(dir: &Path) -> Result<LoadedModel, CkptError> {
@@ -334,7 +334,11 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel, CkptError> {
         });
     }
     let model_path = dir.join(MODEL_FILE);
-    let model = canonical_gpt2_tensors(&model_path, read_safetensors(&model_path)?)?;
+    let model = canonical_gpt2_tensors(
+        &model_path,
+        read_safetensors(&model_path)?,
+        !config.untied_head,
+    )?;
     check_gpt2_tensors(
         &model_path,
         model.iter().map(|t| (t.name.as_str(), t.shape.as_slice())),

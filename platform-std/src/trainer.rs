@@ -649,17 +649,18 @@ fn prepare(
     // Model and hierarchy shape.
     // A checkpoint's vocabulary may be padded beyond its tokenizer's (e.g.
     // 50,304 for GPT-2's 50,257 tokens); the checkpoint's size stands.
-    let saved_vocab = resumed
+    // So does its head: untied only where the checkpoint's is.
+    let saved = resumed
         .as_ref()
         .map(|ck| &ck.model.config)
-        .or(pretrained.as_ref().map(|m| &m.config))
-        .map(|c| c.vocab_size);
+        .or(pretrained.as_ref().map(|m| &m.config));
     let model = GptConfig {
-        vocab_size: saved_vocab.unwrap_or(tokenizer.vocab_size()),
+        vocab_size: saved.map_or(tokenizer.vocab_size(), |c| c.vocab_size),
         n_positions: cfg.context_len(),
         n_embd: cfg.embed_dim,
         n_layer: cfg.num_layers,
         n_head: cfg.num_heads,
+        untied_head: saved.is_some_and(|c| c.untied_head),
     };
     model
         .validate()

@@ -337,7 +337,7 @@ fn config_validation_errors() {
             "\"layer_norm_epsilon\"",
         ),
         (
-            Box::new(|d| d["tie_word_embeddings"] = json!(false)),
+            Box::new(|d| d["tie_word_embeddings"] = json!("no")),
             "\"tie_word_embeddings\"",
         ),
         (Box::new(|d| d["n_inner"] = json!(7)), "\"n_inner\" is 7"),

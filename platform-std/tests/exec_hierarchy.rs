@@ -23,6 +23,7 @@ const MODEL: GptConfig = GptConfig {
     n_embd: 8,
     n_layer: 1,
     n_head: 2,
+    untied_head: false,
 };
 const SEQ: usize = 6;
 const MB: usize = 2;
@@ -503,6 +504,7 @@ fn workers_keep_activations_only_within_the_memory_budget() {
         n_embd: 128,
         n_layer: 4,
         n_head: 4,
+        untied_head: false,
     };
     let medium = GptConfig {
         vocab_size: 256,
@@ -510,6 +512,7 @@ fn workers_keep_activations_only_within_the_memory_budget() {
         n_embd: 384,
         n_layer: 6,
         n_head: 6,
+        untied_head: false,
     };
     assert_eq!(run(&small, 12, 64), small.activation_len_kept(12, 64));
     assert_eq!(run(&medium, 2, 256), medium.activation_len(2, 256));

@@ -24,6 +24,7 @@ const MODEL: GptConfig = GptConfig {
     n_embd: 32,
     n_layer: 1,
     n_head: 2,
+    untied_head: false,
 };
 const SEQ: usize = 6;
 const MB: usize = 1;

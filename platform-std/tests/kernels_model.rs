@@ -30,6 +30,7 @@ fn simd_model_matches_portable() {
         n_embd: 64,
         n_layer: 2,
         n_head: 4,
+        untied_head: false,
     };
     let (b, t) = (3, 37);
     let mut p = vec![0.0; cfg.num_params()];
@@ -77,6 +78,7 @@ fn cached_generation_equals_full_forward_with_each_kernel() {
         n_embd: 24,
         n_layer: 2,
         n_head: 3,
+        untied_head: false,
     };
     let t = cfg.n_positions;
     let mut p = vec![0.0; cfg.num_params()];
@@ -129,6 +131,7 @@ fn backward_into_equals_zeroing_then_backward_with_each_kernel() {
         n_embd: 64,
         n_layer: 2,
         n_head: 4,
+        untied_head: false,
     };
     let (b, t) = (2, 35);
     let mut p = vec![0.0; cfg.num_params()];
@@ -169,6 +172,7 @@ fn kept_workspace_gives_the_recomputing_bits_with_each_kernel() {
         n_embd: 64,
         n_layer: 2,
         n_head: 4,
+        untied_head: false,
     };
     let (b, t) = (3, 37);
     let mut p = vec![0.0; cfg.num_params()];

@@ -21,6 +21,10 @@ pub struct GptConfig {
     pub n_layer: usize,
     /// Attention heads per block; must divide `n_embd`.
     pub n_head: usize,
+    /// The output projection is its own `lm_head.weight` `[vocab, C]` (at
+    /// the end of the parameter buffer) instead of the token embeddings
+    /// (`false`, GPT-2's tied head).
+    pub untied_head: bool,
 }
 
 /// A [`GptConfig`] that cannot be built.
@@ -79,6 +83,7 @@ impl GptConfig {
         n_embd: 768,
         n_layer: 12,
         n_head: 12,
+        untied_head: false,
     };
 
     /// Checks every size: no zero, `n_head` divides `n_embd`, vocabulary fits
@@ -190,7 +195,14 @@ impl GptConfig {
             .checked_add(self.n_positions)?
             .checked_mul(c)?;
         let blocks = self.checked_layer_params()?.checked_mul(self.n_layer)?;
-        emb.checked_add(blocks)?.checked_add(c.checked_mul(2)?)
+        let head = if self.untied_head {
+            self.vocab_size.checked_mul(c)?
+        } else {
+            0
+        };
+        emb.checked_add(blocks)?
+            .checked_add(c.checked_mul(2)?)?
+            .checked_add(head)
     }
 
     fn checked_kv_cache_len(&self) -> Option<usize> {
@@ -227,6 +239,7 @@ mod tests {
             n_embd: 8,
             n_layer: 2,
             n_head: 2,
+            untied_head: false,
         };
         let (b, t) = (3, 5);
         let (c, l, v, bt) = (8, 2, 11, b * t);
@@ -253,6 +266,7 @@ mod tests {
             n_embd: 8,
             n_layer: 2,
             n_head: 2,
+            untied_head: false,
         };
         assert_eq!(ok.validate(), Ok(()));
         let e = GptConfig { n_head: 3, ..ok }.validate().unwrap_err();

@@ -114,8 +114,22 @@ pub fn forward<R: Real, K: Kernels<R>>(
         p.lnf_b,
         R::from_f64(LN_EPS),
     );
-    // Tied head: logits = ln_f(x) · wteᵀ.
-    k.gemm(bt, c, v, w.s_ln, c, 1, p.wte, 1, c, w.logits, v, 1, false);
+    // logits = ln_f(x) · headᵀ, the head being wte (tied) or lm_head.
+    k.gemm(
+        bt,
+        c,
+        v,
+        w.s_ln,
+        c,
+        1,
+        p.head(),
+        1,
+        c,
+        w.logits,
+        v,
+        1,
+        false,
+    );
 
     match targets {
         Some(targets) => {
@@ -290,6 +304,10 @@ fn backward_with<R: Real, K: Kernels<R>>(
         for t in [&mut *g.wpe, &mut *g.lnf_w, &mut *g.lnf_b] {
             t.fill(R::ZERO);
         }
+        if cfg.untied_head {
+            // Tied, the head's product below writes wte first.
+            g.wte.fill(R::ZERO);
+        }
         for l in 0..cfg.n_layer {
             let lg = g.layer_mut(cfg, l);
             for t in [
@@ -300,14 +318,19 @@ fn backward_with<R: Real, K: Kernels<R>>(
         }
     }
 
-    // loss → logits → ln_f output, wte (tied head).
+    // loss → logits → ln_f output, and the head (wte when tied).
     crossentropy_backward(k, w.logits, w.lse, targets, v);
     let x = last_output(&sizes, w.layers);
     k.layernorm_forward(w.s_ln, w.lnf_mean, w.lnf_rstd, x, p.lnf_w, p.lnf_b, eps);
     let dlnf = &mut w.s_a[..bt * c];
-    k.gemm(bt, v, c, w.logits, v, 1, p.wte, c, 1, dlnf, c, 1, false);
+    k.gemm(bt, v, c, w.logits, v, 1, p.head(), c, 1, dlnf, c, 1, false);
+    let dhead = if cfg.untied_head {
+        &mut *g.lm_head
+    } else {
+        &mut *g.wte
+    };
     k.gemm(
-        v, bt, c, w.logits, 1, v, w.s_ln, c, 1, g.wte, c, 1, accumulate,
+        v, bt, c, w.logits, 1, v, w.s_ln, c, 1, dhead, c, 1, accumulate,
     );
     w.dres.fill(R::ZERO);
     k.layernorm_backward(

@@ -117,6 +117,6 @@ pub fn forward_cached<R: Real, K: Kernels<R>>(
         k.add(x, xm, ln);
     }
     k.layernorm_forward(ln, mean, rstd, x, p.lnf_w, p.lnf_b, eps);
-    k.gemm(1, c, v, ln, 0, 1, p.wte, 1, c, logits_out, 0, 1, false);
+    k.gemm(1, c, v, ln, 0, 1, p.head(), 1, c, logits_out, 0, 1, false);
     Ok(())
 }

@@ -31,9 +31,11 @@ pub fn init_params<R: Real>(
     for t in cfg.tensors() {
         let s = &mut params[t.range()];
         let std = match t.kind {
-            TensorKind::Wte | TensorKind::Wpe | TensorKind::AttnWeight | TensorKind::FcWeight => {
-                INIT_STD
-            }
+            TensorKind::Wte
+            | TensorKind::LmHead
+            | TensorKind::Wpe
+            | TensorKind::AttnWeight
+            | TensorKind::FcWeight => INIT_STD,
             TensorKind::AttnProjWeight | TensorKind::MlpProjWeight => proj_std,
             TensorKind::Ln1Weight | TensorKind::Ln2Weight | TensorKind::LnfWeight => {
                 s.fill(R::ONE);

@@ -3,7 +3,8 @@
 //!
 //! Order: `transformer.wte.weight`, `transformer.wpe.weight`, then for each
 //! block `h.{i}` its twelve tensors ([`TensorKind::LAYER`]), then
-//! `transformer.ln_f.{weight,bias}`. Matrices are row-major with GPT-2's
+//! `transformer.ln_f.{weight,bias}`, and, for an untied head
+//! ([`GptConfig::untied_head`]), `lm_head.weight`. Matrices are row-major with GPT-2's
 //! `Conv1D` convention (input-major, `[in, out]`), so a projection is
 //! `out = inp · W + b` and a checkpoint maps 1:1 onto the buffer.
 
@@ -47,6 +48,9 @@ pub enum TensorKind {
     LnfWeight,
     /// `ln_f.bias` `[C]`.
     LnfBias,
+    /// `lm_head.weight` `[vocab, C]`: the output projection of a model
+    /// whose head is not tied to [`TensorKind::Wte`].
+    LmHead,
 }
 
 impl TensorKind {
@@ -85,6 +89,8 @@ impl TensorKind {
             TensorKind::MlpProjBias => "mlp.c_proj.bias",
             TensorKind::LnfWeight => "ln_f.weight",
             TensorKind::LnfBias => "ln_f.bias",
+            // Outside `transformer.` (see the `Display` of ParamTensor).
+            TensorKind::LmHead => "lm_head.weight",
         }
     }
 
@@ -94,6 +100,7 @@ impl TensorKind {
         matches!(
             self,
             TensorKind::Wte
+                | TensorKind::LmHead
                 | TensorKind::AttnWeight
                 | TensorKind::AttnProjWeight
                 | TensorKind::FcWeight
@@ -107,7 +114,7 @@ impl TensorKind {
         let c = cfg.n_embd;
         let (c3, c4) = (c.saturating_mul(3), c.saturating_mul(4));
         match self {
-            TensorKind::Wte => ([cfg.vocab_size, c], 2),
+            TensorKind::Wte | TensorKind::LmHead => ([cfg.vocab_size, c], 2),
             TensorKind::Wpe => ([cfg.n_positions, c], 2),
             TensorKind::AttnWeight => ([c, c3], 2),
             TensorKind::AttnProjWeight => ([c, c], 2),
@@ -157,6 +164,7 @@ impl fmt::Display for ParamTensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.layer {
             Some(l) => write!(f, "transformer.h.{l}.{}", self.kind.hf_suffix()),
+            None if self.kind == TensorKind::LmHead => f.write_str(self.kind.hf_suffix()),
             None => write!(f, "transformer.{}", self.kind.hf_suffix()),
         }
     }
@@ -181,7 +189,8 @@ impl Tensors {
     }
 
     fn total(&self) -> usize {
-        self.cfg.n_layer.saturating_mul(12).saturating_add(4)
+        let head = usize::from(self.cfg.untied_head);
+        self.cfg.n_layer.saturating_mul(12).saturating_add(4 + head)
     }
 }
 
@@ -193,11 +202,14 @@ impl Iterator for Tensors {
         if self.index >= n {
             return None;
         }
+        // ln_f's two tensors end the list, or precede lm_head.
+        let lnf = n - 2 - usize::from(self.cfg.untied_head);
         let (kind, layer) = match self.index {
             0 => (TensorKind::Wte, None),
             1 => (TensorKind::Wpe, None),
-            i if i == n - 2 => (TensorKind::LnfWeight, None),
-            i if i == n - 1 => (TensorKind::LnfBias, None),
+            i if i == lnf => (TensorKind::LnfWeight, None),
+            i if i == lnf + 1 => (TensorKind::LnfBias, None),
+            i if i == lnf + 2 => (TensorKind::LmHead, None),
             i => (TensorKind::LAYER[(i - 2) % 12], Some((i - 2) / 12)),
         };
         let (dims, ndim) = kind.shape(&self.cfg);
@@ -313,9 +325,11 @@ pub(crate) struct ParamViews<S> {
     pub layers: S,
     pub lnf_w: S,
     pub lnf_b: S,
+    /// The untied head; empty when the head is `wte`.
+    pub lm_head: S,
 }
 
-fn top_lens(cfg: &GptConfig) -> [usize; 5] {
+fn top_lens(cfg: &GptConfig) -> [usize; 6] {
     let c = cfg.n_embd;
     [
         cfg.vocab_size * c,
@@ -323,19 +337,34 @@ fn top_lens(cfg: &GptConfig) -> [usize; 5] {
         cfg.n_layer * cfg.layer_params(),
         c,
         c,
+        if cfg.untied_head {
+            cfg.vocab_size * c
+        } else {
+            0
+        },
     ]
 }
 
 impl<'a, T> ParamViews<&'a [T]> {
     /// Views `params`, which must be exactly `cfg.num_params()` long.
     pub fn new(cfg: &GptConfig, params: &'a [T]) -> Self {
-        let [wte, wpe, layers, lnf_w, lnf_b] = split(params, top_lens(cfg));
+        let [wte, wpe, layers, lnf_w, lnf_b, lm_head] = split(params, top_lens(cfg));
         Self {
             wte,
             wpe,
             layers,
             lnf_w,
             lnf_b,
+            lm_head,
+        }
+    }
+
+    /// The output projection `[vocab, C]`: `lm_head`, or `wte` when tied.
+    pub fn head(&self) -> &'a [T] {
+        if self.lm_head.is_empty() {
+            self.wte
+        } else {
+            self.lm_head
         }
     }
 
@@ -349,13 +378,14 @@ impl<'a, T> ParamViews<&'a [T]> {
 impl<'a, T> ParamViews<&'a mut [T]> {
     /// Views `grads`, which must be exactly `cfg.num_params()` long.
     pub fn new_mut(cfg: &GptConfig, grads: &'a mut [T]) -> Self {
-        let [wte, wpe, layers, lnf_w, lnf_b] = split_mut(grads, top_lens(cfg));
+        let [wte, wpe, layers, lnf_w, lnf_b, lm_head] = split_mut(grads, top_lens(cfg));
         Self {
             wte,
             wpe,
             layers,
             lnf_w,
             lnf_b,
+            lm_head,
         }
     }
 
@@ -380,6 +410,7 @@ mod tests {
             n_embd: 8,
             n_layer: 2,
             n_head: 2,
+            untied_head: false,
         };
         let ts: std::vec::Vec<_> = cfg.tensors().collect();
         assert_eq!(ts.len(), 4 + 24);
@@ -419,6 +450,7 @@ mod tests {
             n_embd: 4,
             n_layer: 2,
             n_head: 1,
+            untied_head: false,
         };
         let buf: std::vec::Vec<usize> = (0..cfg.num_params()).collect();
         let v = ParamViews::new(&cfg, &buf[..]);

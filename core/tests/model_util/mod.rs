@@ -13,6 +13,7 @@ pub const TINY: GptConfig = GptConfig {
     n_embd: 8,
     n_layer: 2,
     n_head: 2,
+    untied_head: false,
 };
 
 /// `n` uniform token ids below `vocab`.

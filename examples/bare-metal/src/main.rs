@@ -49,6 +49,7 @@ const CFG: GptConfig = GptConfig {
     n_embd: 8,
     n_layer: 1,
     n_head: 2,
+    untied_head: false,
 };
 
 /// Sequences per unit (the model's `batch`).

@@ -45,6 +45,9 @@ pub struct HfGpt2Config {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence id, if the tokenizer has one.
     pub eos_token_id: Option<u32>,
+    /// `tie_word_embeddings: false`: the model has its own
+    /// `lm_head.weight` instead of projecting with `wte`.
+    pub untied_head: bool,
 }
 
 impl HfGpt2Config {
@@ -64,17 +67,19 @@ impl HfGpt2Config {
             n_head,
             bos_token_id: None,
             eos_token_id: None,
+            untied_head: false,
         }
     }
 
-    /// Number of parameters of the tied-embedding GPT-2 with these sizes,
-    /// or `None` on overflow.
+    /// Number of parameters of the GPT-2 with these sizes (and head), or
+    /// `None` on overflow.
     pub fn param_count(&self) -> Option<u64> {
         let v = self.vocab_size as u128;
         let p = self.n_positions as u128;
         let c = self.n_embd as u128;
         let l = self.n_layer as u128;
-        let total = (v + p) * c + l * (12 * c * c + 13 * c) + 2 * c;
+        let head = if self.untied_head { v * c } else { 0 };
+        let total = (v + p) * c + l * (12 * c * c + 13 * c) + 2 * c + head;
         u64::try_from(total).ok()
     }
 
@@ -145,7 +150,7 @@ impl HfGpt2Config {
             "n_head": self.n_head,
             "n_inner": null,
             "layer_norm_epsilon": LAYER_NORM_EPSILON,
-            "tie_word_embeddings": true,
+            "tie_word_embeddings": !self.untied_head,
             "scale_attn_weights": true,
             "scale_attn_by_inverse_layer_idx": false,
             "reorder_and_upcast_attn": false,
@@ -225,6 +230,16 @@ impl HfGpt2Config {
             n_head: size("n_head")?,
             bos_token_id: opt_id("bos_token_id")?,
             eos_token_id: opt_id("eos_token_id")?,
+            untied_head: match obj.get("tie_word_embeddings") {
+                None | Some(Value::Bool(true)) => false,
+                Some(Value::Bool(false)) => true,
+                Some(v) => {
+                    return Err(field_err(
+                        "tie_word_embeddings",
+                        format!("must be true or false, got {v}"),
+                    ))
+                }
+            },
         };
         if let Some(v) = obj.get("layer_norm_epsilon") {
             match v.as_f64() {
@@ -235,15 +250,6 @@ impl HfGpt2Config {
                         format!("is {v}, but cllm computes with {LAYER_NORM_EPSILON:e}"),
                     ))
                 }
-            }
-        }
-        match obj.get("tie_word_embeddings") {
-            None | Some(Value::Bool(true)) => {}
-            Some(v) => {
-                return Err(field_err(
-                    "tie_word_embeddings",
-                    format!("is {v}, but cllm models always tie the embeddings"),
-                ))
             }
         }
         match obj.get("n_inner") {
@@ -320,11 +326,15 @@ pub fn gpt2_tensor_shapes(cfg: &HfGpt2Config) -> Vec<(String, Vec<usize>)> {
     }
     out.push(("transformer.ln_f.weight".to_string(), vec![c]));
     out.push(("transformer.ln_f.bias".to_string(), vec![c]));
+    if cfg.untied_head {
+        out.push(("lm_head.weight".to_string(), vec![v, c]));
+    }
     out
 }
 
 /// Checks that `tensors` are exactly the GPT-2 tensors of `cfg` (any order)
-/// with the right shapes; an extra `lm_head.weight` of shape `[V, C]` is
+/// with the right shapes (`lm_head.weight` among them for an untied head);
+/// with a tied head an extra `lm_head.weight` of shape `[V, C]` is
 /// tolerated. `path` is for messages.
 pub fn check_gpt2_tensors<'a, I>(
     path: &Path,

@@ -1,7 +1,8 @@
 //! Tensors of GPT-2 checkpoints written by others (Hugging Face
 //! `save_pretrained`, conversions from nanoGPT), brought to the names cllm
 //! writes: `transformer.` prefixed, no attention-mask buffers, and
-//! `lm_head.weight` only where it is the tied copy of `wte`.
+//! `lm_head.weight` only for an untied head (a tied copy of `wte` is
+//! dropped).
 
 use std::path::Path;
 
@@ -21,13 +22,14 @@ fn is_mask_buffer(name: &str) -> bool {
         && matches!(field, "attn.bias" | "attn.masked_bias")
 }
 
-/// Brings `tensors` (read from `path`) to cllm's names. A stored
-/// `lm_head.weight` must equal `wte` bit for bit: cllm ties the output
-/// projection to the token embedding, so an untied head is an error rather
-/// than silently replaced.
+/// Brings `tensors` (read from `path`) to cllm's names. With `tied` (the
+/// config's `tie_word_embeddings`, GPT-2's default) a stored
+/// `lm_head.weight` must equal `wte` bit for bit and is dropped: a head that
+/// differs is an error rather than silently replaced. Untied, it is kept.
 pub fn canonical_gpt2_tensors(
     path: &Path,
     tensors: Vec<NamedTensor>,
+    tied: bool,
 ) -> Result<Vec<NamedTensor>, CkptError> {
     let mut out = Vec::with_capacity(tensors.len());
     let mut head = None;
@@ -44,6 +46,9 @@ pub fn canonical_gpt2_tensors(
         }
         out.push(t);
     }
+    if let Some(head) = head.take_if(|_| !tied) {
+        out.push(head);
+    }
     if let Some(head) = head {
         let wte = out.iter().find(|t| t.name == "transformer.wte.weight");
         let tied = wte.is_some_and(|w| {
@@ -57,8 +62,8 @@ pub fn canonical_gpt2_tensors(
             return Err(CkptError::Tensor {
                 path: path.to_path_buf(),
                 name: head.name,
-                reason: "differs from transformer.wte.weight: untied output heads are not \
-                         supported (cllm ties lm_head to the token embedding)"
+                reason: "differs from transformer.wte.weight, but config.json ties the \
+                         embeddings (an untied head needs \"tie_word_embeddings\": false)"
                     .to_string(),
             });
         }
@@ -91,6 +96,7 @@ mod tests {
                 t("lm_head.weight", vec![1.0, 2.0]),
                 t("transformer.ln_f.bias", vec![0.0]),
             ],
+            true,
         )
         .unwrap();
         let names: Vec<&str> = got.iter().map(|t| t.name.as_str()).collect();
@@ -108,8 +114,21 @@ mod tests {
                 t("wte.weight", vec![1.0, 2.0]),
                 t("lm_head.weight", vec![1.0, 2.5]),
             ],
+            true,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("untied"), "{e}");
+        assert!(e.to_string().contains("tie_word_embeddings"), "{e}");
+        // Untied, the head is kept as it is.
+        let got = canonical_gpt2_tensors(
+            p,
+            vec![
+                t("wte.weight", vec![1.0, 2.0]),
+                t("lm_head.weight", vec![1.0, 2.5]),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(got[1].name, "lm_head.weight");
+        assert_eq!(got[1].data, [1.0, 2.5]);
     }
 }

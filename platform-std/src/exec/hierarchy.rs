@@ -39,7 +39,7 @@ use super::{
 ///     }
 /// }
 ///
-/// let model = GptConfig { vocab_size: 16, n_positions: 8, n_embd: 16, n_layer: 1, n_head: 2 };
+/// let model = GptConfig { vocab_size: 16, n_positions: 8, n_embd: 16, n_layer: 1, n_head: 2, untied_head: false };
 /// let mut params = vec![0.0; model.num_params()];
 /// cllm_core::model::init_params(&model, &mut params, 42);
 /// let cfg = ExecConfig {

@@ -61,8 +61,8 @@ impl Layout {
         let mut params = vec![0.0f32; self.num_params];
         let mut seen = vec![false; self.names.len()];
         for t in tensors {
-            if t.name == "lm_head.weight" {
-                continue; // tied to wte
+            if t.name == "lm_head.weight" && !self.names.iter().any(|n| n == "lm_head.weight") {
+                continue; // tied: wte is the head (canonical_gpt2_tensors checked it)
             }
             let Some(i) = self.names.iter().position(|n| *n == t.name) else {
                 return Err(CkptError::Tensor {
@@ -102,6 +102,7 @@ pub fn hf_config(cfg: &GptConfig, tokenizer: &Tokenizer) -> HfGpt2Config {
         n_head: cfg.n_head,
         bos_token_id: tokenizer.bos_id(),
         eos_token_id: tokenizer.eos_id(),
+        untied_head: cfg.untied_head,
     }
 }
 
@@ -113,6 +114,7 @@ pub fn gpt_config(hf: &HfGpt2Config) -> GptConfig {
         n_embd: hf.n_embd,
         n_layer: hf.n_layer,
         n_head: hf.n_head,
+        untied_head: hf.untied_head,
     }
 }
 

@@ -46,27 +46,27 @@ pub fn canonical_gpt2_tensors(
         }
         out.push(t);
     }
-    if let Some(head) = head.take_if(|_| !tied) {
+    let Some(head) = head else { return Ok(out) };
+    if !tied {
         out.push(head);
+        return Ok(out);
     }
-    if let Some(head) = head {
-        let wte = out.iter().find(|t| t.name == "transformer.wte.weight");
-        let tied = wte.is_some_and(|w| {
-            w.shape == head.shape
-                && w.data
-                    .iter()
-                    .zip(&head.data)
-                    .all(|(a, b)| a.to_bits() == b.to_bits())
-        });
-        if wte.is_some() && !tied {
-            return Err(CkptError::Tensor {
-                path: path.to_path_buf(),
-                name: head.name,
-                reason: "differs from transformer.wte.weight, but config.json ties the \
+    let wte = out.iter().find(|t| t.name == "transformer.wte.weight");
+    let copy = wte.is_some_and(|w| {
+        w.shape == head.shape
+            && w.data
+                .iter()
+                .zip(&head.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    });
+    if wte.is_some() && !copy {
+        return Err(CkptError::Tensor {
+            path: path.to_path_buf(),
+            name: head.name,
+            reason: "differs from transformer.wte.weight, but config.json ties the \
                          embeddings (an untied head needs \"tie_word_embeddings\": false)"
-                    .to_string(),
-            });
-        }
+                .to_string(),
+        });
     }
     Ok(out)
 }

@@ -54,13 +54,23 @@ impl Reduction {
     }
 }
 
+/// The value of `all` whose `name` is `s`, or an error listing the names.
+fn parse_named<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+    s: &str,
+) -> Result<T, String> {
+    all.iter().copied().find(|&v| name(v) == s).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|&v| name(v)).collect();
+        format!("unknown {what} {s:?} ({})", names.join(" or "))
+    })
+}
+
 impl std::str::FromStr for Reduction {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Reduction::ALL
-            .into_iter()
-            .find(|r| r.name() == s)
-            .ok_or_else(|| format!("unknown reduction {s:?} (scatter-gather or allreduce)"))
+        parse_named(&Reduction::ALL, Reduction::name, "reduction", s)
     }
 }
 
@@ -93,10 +103,7 @@ impl F32Order {
 impl std::str::FromStr for F32Order {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        F32Order::ALL
-            .into_iter()
-            .find(|o| o.name() == s)
-            .ok_or_else(|| format!("unknown f32 order {s:?} (canonical or rank)"))
+        parse_named(&F32Order::ALL, F32Order::name, "f32 order", s)
     }
 }
 

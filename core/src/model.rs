@@ -55,7 +55,7 @@ mod work;
 
 pub use config::{ConfigError, GptConfig, LN_EPS};
 pub use error::{Buffer, ModelError};
-pub use gpt::{backward, backward_into, forward, logits};
+pub use gpt::{backward, backward_into, backward_streaming, forward, logits, GradSink};
 pub use infer::forward_cached;
 pub use init::{init_params, INIT_STD};
 pub use layout::{ParamTensor, TensorKind, Tensors};

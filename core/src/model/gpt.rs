@@ -1,5 +1,7 @@
 //! The whole model: forward pass with loss, and the backward pass.
 
+use core::ops::Range;
+
 use crate::kernels::Kernels;
 use crate::real::Real;
 
@@ -228,8 +230,9 @@ pub fn backward<R: Real, K: Kernels<R>>(
     seq: usize,
 ) -> Result<(), ModelError> {
     let accumulate = true;
+    let n = Some(grads.len());
     backward_with(
-        k, cfg, params, grads, work, tokens, targets, batch, seq, accumulate,
+        k, cfg, params, grads, n, work, tokens, targets, batch, seq, accumulate,
     )
 }
 
@@ -255,18 +258,72 @@ pub fn backward_into<R: Real, K: Kernels<R>>(
     seq: usize,
 ) -> Result<(), ModelError> {
     let accumulate = false;
+    let n = Some(grads.len());
     backward_with(
-        k, cfg, params, grads, work, tokens, targets, batch, seq, accumulate,
+        k, cfg, params, grads, n, work, tokens, targets, batch, seq, accumulate,
     )
 }
 
-/// [`backward`] (`accumulate`) or [`backward_into`].
+/// Where [`backward_streaming`] writes the gradient: one stage at a time
+/// (the head, each block from the last down, the embeddings), so that the
+/// caller can take the finished part (reduce it, send it) while the rest is
+/// computed. The gradient buffer is in [`Tensors`](super::Tensors) order,
+/// so the finished part is always a suffix of it.
+///
+/// A plain slice is a sink that does nothing between stages; that is what
+/// [`backward`] and [`backward_into`] use, so every backward runs this one
+/// code path.
+pub trait GradSink<R> {
+    /// Elements `range` of the gradient, for this stage to write. A range
+    /// never reaches into what [`finished`](GradSink::finished) has handed
+    /// over.
+    fn stage(&mut self, range: Range<usize>) -> &mut [R];
+    /// Backward will not touch elements `from..` of the gradient again:
+    /// they hold their final values.
+    fn finished(&mut self, from: usize);
+}
+
+impl<R> GradSink<R> for [R] {
+    fn stage(&mut self, range: Range<usize>) -> &mut [R] {
+        &mut self[range]
+    }
+    fn finished(&mut self, _from: usize) {}
+}
+
+/// As [`backward_into`] (the gradient is written, not added), through a
+/// [`GradSink`] that is told after each stage which suffix of the gradient
+/// is final: after the head `ln_f..` (and an untied `lm_head`), after block
+/// `l` the blocks `l..` onwards, after the embeddings everything. The
+/// values are the same as [`backward_into`]'s, bit for bit, whatever the
+/// sink does between stages.
 #[allow(clippy::too_many_arguments)]
-fn backward_with<R: Real, K: Kernels<R>>(
+pub fn backward_streaming<R: Real, K: Kernels<R>, S: GradSink<R> + ?Sized>(
     k: &K,
     cfg: &GptConfig,
     params: &[R],
-    grads: &mut [R],
+    sink: &mut S,
+    work: &mut [R],
+    tokens: &[u32],
+    targets: &[u32],
+    batch: usize,
+    seq: usize,
+) -> Result<(), ModelError> {
+    let accumulate = false;
+    backward_with(
+        k, cfg, params, sink, None, work, tokens, targets, batch, seq, accumulate,
+    )
+}
+
+/// [`backward`] (`accumulate`), [`backward_into`] or [`backward_streaming`].
+/// `grads_len` is the length of a plain gradient slice, to check (a sink
+/// checks its own ranges).
+#[allow(clippy::too_many_arguments)]
+fn backward_with<R: Real, K: Kernels<R>, S: GradSink<R> + ?Sized>(
+    k: &K,
+    cfg: &GptConfig,
+    params: &[R],
+    sink: &mut S,
+    grads_len: Option<usize>,
     work: &mut [R],
     tokens: &[u32],
     targets: &[u32],
@@ -283,10 +340,11 @@ fn backward_with<R: Real, K: Kernels<R>>(
         batch,
         seq,
     )?;
-    exact(Buffer::Grads, cfg.num_params(), grads.len())?;
+    if let Some(n) = grads_len {
+        exact(Buffer::Grads, cfg.num_params(), n)?;
+    }
     let (c, v, bt, eps) = (cfg.n_embd, cfg.vocab_size, sizes.bt, R::from_f64(LN_EPS));
     let p = ParamViews::new(cfg, params);
-    let mut g = ParamViews::new_mut(cfg, grads);
     let mut w = Work::carve(&sizes, work);
     let mut kept = w.kept.take();
     if w.flag[0] == flag_kept() {
@@ -300,42 +358,38 @@ fn backward_with<R: Real, K: Kernels<R>>(
         return Err(ModelError::NoForward);
     }
     w.flag[0] = R::ZERO;
-    if !accumulate {
-        for t in [&mut *g.wpe, &mut *g.lnf_w, &mut *g.lnf_b] {
-            t.fill(R::ZERO);
-        }
-        if cfg.untied_head {
-            // Tied, the head's product below writes wte first.
-            g.wte.fill(R::ZERO);
-        }
-        for l in 0..cfg.n_layer {
-            let lg = g.layer_mut(cfg, l);
-            for t in [
-                lg.ln1_w, lg.ln1_b, lg.attn_b, lg.proj_b, lg.ln2_w, lg.ln2_b, lg.fc_b, lg.mproj_b,
-            ] {
-                t.fill(R::ZERO);
-            }
-        }
-    }
+    // Offsets of the gradient's pieces (the buffer order of `Tensors`).
+    let (wte_len, n) = (v * c, cfg.layer_params());
+    let blocks = wte_len + cfg.n_positions * c;
+    let lnf = blocks + cfg.n_layer * n;
+    let total = cfg.num_params();
 
-    // loss → logits → ln_f output, and the head (wte when tied).
+    // loss → logits → ln_f output, and the head (wte when tied). Written
+    // without accumulation, a tied head is wte's first write; an untied
+    // wte is zeroed just before the embeddings add into it.
     crossentropy_backward(k, w.logits, w.lse, targets, v);
     let x = last_output(&sizes, w.layers);
     k.layernorm_forward(w.s_ln, w.lnf_mean, w.lnf_rstd, x, p.lnf_w, p.lnf_b, eps);
     let dlnf = &mut w.s_a[..bt * c];
     k.gemm(bt, v, c, w.logits, v, 1, p.head(), c, 1, dlnf, c, 1, false);
-    let dhead = if cfg.untied_head {
-        &mut *g.lm_head
+    let dhead = sink.stage(if cfg.untied_head {
+        lnf + 2 * c..total
     } else {
-        &mut *g.wte
-    };
+        0..wte_len
+    });
     k.gemm(
         v, bt, c, w.logits, 1, v, w.s_ln, c, 1, dhead, c, 1, accumulate,
     );
+    let (dlnf_w, dlnf_b) = sink.stage(lnf..lnf + 2 * c).split_at_mut(c);
+    if !accumulate {
+        dlnf_w.fill(R::ZERO);
+        dlnf_b.fill(R::ZERO);
+    }
     w.dres.fill(R::ZERO);
     k.layernorm_backward(
-        w.dres, g.lnf_w, g.lnf_b, dlnf, x, p.lnf_w, w.lnf_mean, w.lnf_rstd,
+        w.dres, dlnf_w, dlnf_b, dlnf, x, p.lnf_w, w.lnf_mean, w.lnf_rstd,
     );
+    sink.finished(lnf);
 
     for l in (0..cfg.n_layer).rev() {
         let (x_in, la) = block(&sizes, w.encoded, w.layers, l);
@@ -347,11 +401,28 @@ fn backward_with<R: Real, K: Kernels<R>>(
             probs: &mut *w.probs,
             dpre: &mut *w.dpre,
         };
+        let start = blocks + l * n;
+        let mut lg = LayerGrads::new(sink.stage(start..start + n), c);
+        if !accumulate {
+            // The matrices are written by their first product.
+            for t in [
+                &mut *lg.ln1_w,
+                &mut *lg.ln1_b,
+                &mut *lg.attn_b,
+                &mut *lg.proj_b,
+                &mut *lg.ln2_w,
+                &mut *lg.ln2_b,
+                &mut *lg.fc_b,
+                &mut *lg.mproj_b,
+            ] {
+                t.fill(R::ZERO);
+            }
+        }
         block_backward(
             k,
             cfg,
             &p.layer(cfg, l),
-            &mut g.layer_mut(cfg, l),
+            &mut lg,
             x_in,
             la,
             ka,
@@ -360,8 +431,17 @@ fn backward_with<R: Real, K: Kernels<R>>(
             &sizes,
             accumulate,
         );
+        sink.finished(start);
     }
-    encoder_backward(g.wte, g.wpe, w.dres, tokens, seq, c);
+    let (dwte, dwpe) = sink.stage(0..blocks).split_at_mut(wte_len);
+    if !accumulate {
+        dwpe.fill(R::ZERO);
+        if cfg.untied_head {
+            dwte.fill(R::ZERO);
+        }
+    }
+    encoder_backward(dwte, dwpe, w.dres, tokens, seq, c);
+    sink.finished(0);
     Ok(())
 }
 

@@ -317,7 +317,7 @@ layer_view!(
     LayerGrads, &'a mut [T], split_mut
 );
 
-/// Named views of a whole parameter (or gradient) buffer.
+/// Named views of a whole parameter buffer.
 pub(crate) struct ParamViews<S> {
     pub wte: S,
     pub wpe: S,
@@ -372,27 +372,6 @@ impl<'a, T> ParamViews<&'a [T]> {
     pub fn layer(&self, cfg: &GptConfig, l: usize) -> LayerParams<'a, T> {
         let n = cfg.layer_params();
         LayerParams::new(&self.layers[l * n..(l + 1) * n], cfg.n_embd)
-    }
-}
-
-impl<'a, T> ParamViews<&'a mut [T]> {
-    /// Views `grads`, which must be exactly `cfg.num_params()` long.
-    pub fn new_mut(cfg: &GptConfig, grads: &'a mut [T]) -> Self {
-        let [wte, wpe, layers, lnf_w, lnf_b, lm_head] = split_mut(grads, top_lens(cfg));
-        Self {
-            wte,
-            wpe,
-            layers,
-            lnf_w,
-            lnf_b,
-            lm_head,
-        }
-    }
-
-    /// Block `l`.
-    pub fn layer_mut(&mut self, cfg: &GptConfig, l: usize) -> LayerGrads<'_, T> {
-        let n = cfg.layer_params();
-        LayerGrads::new(&mut self.layers[l * n..(l + 1) * n], cfg.n_embd)
     }
 }
 

@@ -74,6 +74,8 @@ struct Args {
     pin: bool,
     rounds: usize,
     phases: bool,
+    /// Reduce while backward runs (true) or after it.
+    streams: Vec<bool>,
 }
 
 fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
@@ -102,6 +104,7 @@ fn parse() -> Result<Args, String> {
         pin: false,
         rounds: 1,
         phases: false,
+        streams: vec![true],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -119,6 +122,16 @@ fn parse() -> Result<Args, String> {
             "--data" => a.data = val()?,
             "--pin" => a.pin = true,
             "--phases" => a.phases = true,
+            "--stream" => {
+                a.streams = val()?
+                    .split(',')
+                    .map(|x| match x.trim() {
+                        "on" => Ok(true),
+                        "off" => Ok(false),
+                        x => Err(format!("bad --stream value {x} (on or off)")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             "--rounds" => {
                 a.rounds = val()?.parse().map_err(|_| "bad rounds")?;
                 if a.rounds == 0 {
@@ -126,7 +139,7 @@ fn parse() -> Result<Args, String> {
                 }
             }
             "--help" | "-h" => {
-                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512,amx --data FILE --pin (worker i on core i) --rounds N (all rows N times, interleaved; each row reports its median) --phases (per worker: ms per step in compute, reduction, update and at barriers)");
+                println!("flags: --config small|medium --threads LIST --depth LIST --branching B --steps N --warmup N --micro-batch LIST --accumulator f32,fixed,exact --kernels auto,portable,avx2,avx512,amx --data FILE --pin (worker i on core i) --rounds N (all rows N times, interleaved; each row reports its median) --phases (per worker: ms per step in compute, reduction, update and at barriers) --stream on,off (reduce segments while backward runs, or after it)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
@@ -177,6 +190,15 @@ fn matmul_peak<K: Kernels<f32>>(k: &K) -> f64 {
     best
 }
 
+/// The "reduction" column.
+fn reduction(stream: bool) -> &'static str {
+    if stream {
+        "streamed"
+    } else {
+        "after backward"
+    }
+}
+
 struct Row {
     memory_bytes: usize,
     tokens_per_s: f64,
@@ -198,6 +220,7 @@ fn run<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static>(
     shape: Shape,
     threads: usize,
     units: usize,
+    stream: bool,
     args: &Args,
 ) -> Result<Row, String>
 where
@@ -217,6 +240,7 @@ where
     };
     let mut h =
         Hierarchy::new(model, params, acc, kernels, source, cfg).map_err(|e| e.to_string())?;
+    h.set_streaming(stream);
     let opt = Optimizer::AdamW(AdamW {
         lr: 1e-3,
         beta1: 0.9,
@@ -305,14 +329,14 @@ fn real_main() -> Result<(), String> {
     );
     let per_row = reset_peak_rss();
     println!(
-        "| kernels | accumulator | threads | depth | branching | units×micro-batch | tokens/s | ms/step | model GFLOP/s | % of peak | % of FMA peak | {} MiB | est. MiB | loss | best-step tokens/s |",
+        "| kernels | accumulator | threads | depth | branching | units×micro-batch | tokens/s | ms/step | model GFLOP/s | % of peak | % of FMA peak | {} MiB | est. MiB | loss | best-step tokens/s | reduction |",
         if per_row {
             "peak RSS"
         } else {
             "peak RSS since start"
         }
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Default: two units per worker with several threads (when the batch
     // divides), so a worker whose vCPU stalls has its second unit taken by
     // the other instead of holding up the step; one unit with one thread.
@@ -331,6 +355,7 @@ fn real_main() -> Result<(), String> {
         threads: usize,
         depth: u32,
         mb: usize,
+        stream: bool,
     }
     let mut combos = Vec::new();
     for kname in &args.kernels {
@@ -356,14 +381,17 @@ fn real_main() -> Result<(), String> {
                                 "batch {batch} is not a multiple of micro-batch {mb}"
                             ));
                         }
-                        combos.push(Combo {
-                            kernels,
-                            peak1,
-                            acc: acc.clone(),
-                            threads,
-                            depth,
-                            mb,
-                        });
+                        for &stream in &args.streams {
+                            combos.push(Combo {
+                                kernels,
+                                peak1,
+                                acc: acc.clone(),
+                                threads,
+                                depth,
+                                mb,
+                                stream,
+                            });
+                        }
                     }
                 }
             }
@@ -387,7 +415,9 @@ fn real_main() -> Result<(), String> {
                 reset_peak_rss();
             }
             let row = match c.acc.as_str() {
-                "f32" => run(model, F32Acc, k, source, shape, c.threads, units, &args)?,
+                "f32" => run(
+                    model, F32Acc, k, source, shape, c.threads, units, c.stream, &args,
+                )?,
                 "fixed" => run(
                     model,
                     FixedAcc::default(),
@@ -396,18 +426,22 @@ fn real_main() -> Result<(), String> {
                     shape,
                     c.threads,
                     units,
+                    c.stream,
                     &args,
                 )?,
-                _ => run(model, ExactAcc, k, source, shape, c.threads, units, &args)?,
+                _ => run(
+                    model, ExactAcc, k, source, shape, c.threads, units, c.stream, &args,
+                )?,
             };
             if args.rounds > 1 {
                 eprintln!(
-                    "round {}: {} threads, depth {}, {}×{}: {:.0} tokens/s",
+                    "round {}: {} threads, depth {}, {}×{}, {}: {:.0} tokens/s",
                     round + 1,
                     c.threads,
                     c.depth,
                     units,
                     c.mb,
+                    reduction(c.stream),
                     row.tokens_per_s
                 );
             }
@@ -447,7 +481,7 @@ fn real_main() -> Result<(), String> {
                     .unwrap_or(1),
             ) as f64;
         println!(
-            "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {} | {:.0} | {:.0} | {:.3} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {}×{} | {:.0} | {:.1} | {:.1} | {:.0}% | {} | {:.0} | {:.0} | {:.3} | {:.0} | {} |",
             c.kernels.describe(),
             c.acc,
             c.threads,
@@ -463,20 +497,21 @@ fn real_main() -> Result<(), String> {
             rss,
             row.memory_bytes as f64 / (1 << 20) as f64,
             row.loss,
-            best
+            best,
+            reduction(c.stream),
         );
     }
     if args.phases {
         // The median round of each row (sorted above), per worker, in ms
         // per step; the reduction's share is of the whole step's wall time.
-        println!("\n| kernels | accumulator | threads | depth | units×micro-batch | worker | compute ms | reduce ms | update ms | wait ms | step ms | reduce share | wait share |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("\n| kernels | accumulator | threads | depth | units×micro-batch | worker | compute ms | reduce ms | update ms | wait ms | step ms | reduce share | wait share | reduction |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let per_step = |d: std::time::Duration| 1000.0 * d.as_secs_f64() / args.steps as f64;
         for (c, rows) in combos.iter().zip(&results) {
             let row = &rows[rows.len() / 2].0;
             for (w, p) in row.phases.iter().enumerate() {
                 println!(
-                    "| {} | {} | {} | {} | {}×{} | {w} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% |",
+                    "| {} | {} | {} | {} | {}×{} | {w} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% | {} |",
                     c.kernels.describe(),
                     c.acc,
                     c.threads,
@@ -490,6 +525,7 @@ fn real_main() -> Result<(), String> {
                     row.ms_per_step,
                     100.0 * per_step(p.reduce) / row.ms_per_step,
                     100.0 * per_step(p.wait) / row.ms_per_step,
+                    reduction(c.stream),
                 );
             }
         }

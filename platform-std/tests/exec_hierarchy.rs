@@ -111,7 +111,12 @@ where
     let mut h =
         Hierarchy::new(MODEL, params(), acc.clone(), Portable, Arc::new(Hashed), c).unwrap();
     h.compute_gradients(step).unwrap();
-    h.gradients().to_vec()
+    let after = h.gradients().to_vec();
+    // Reduced while backward runs: the same bits.
+    h.set_streaming(true);
+    h.compute_gradients(step).unwrap();
+    assert!(bits(h.gradients()) == bits(&after), "streamed {c:?}");
+    after
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -359,7 +364,8 @@ where
                     let width = (2 * threads).min(units) as u32;
                     assert_eq!(h.gradient_buffers(), (width + d + 1) as usize);
                 }
-                for step in [4u64, 5, 4] {
+                for (i, step) in [4u64, 5, 4, 5].into_iter().enumerate() {
+                    h.set_streaming(i % 2 == 1);
                     h.compute_gradients(step).unwrap();
                     assert!(
                         bits(h.gradients()) == bits(&sequential(acc, shape, units, step)),

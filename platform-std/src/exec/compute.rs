@@ -6,6 +6,7 @@
 //! ([`Shared::eval`]), and the size of each worker's activation workspace
 //! ([`work_len`]).
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
@@ -15,6 +16,7 @@ use cllm_core::model::{self, GptConfig, ModelError};
 
 use super::pool::{panic_message, Stop};
 use super::shared::{Local, Shared};
+use super::stream::SlotSink;
 use super::{ExecConfig, ExecError};
 
 /// Bytes per worker that keeping activations for backward may add.
@@ -43,6 +45,10 @@ pub fn work_len(model: &GptConfig, cfg: &ExecConfig) -> usize {
 
 impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
     /// Compute unit `u` into slot buffer `slot`, retrying after a panic.
+    /// With `between`, backward streams ([`stream`](super::stream)):
+    /// `between` runs after each of its stages with the first segment that
+    /// is final. A unit that panics after that fails the step, since others
+    /// may already have added what it handed over.
     pub(super) fn run_unit(
         &self,
         id: usize,
@@ -50,10 +56,15 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         u: usize,
         slot: usize,
         local: &mut Local,
+        mut between: Option<&mut dyn FnMut(usize)>,
     ) -> Result<(), Stop> {
         let mut attempts = 0u32;
+        let published = Cell::new(false);
         loop {
-            let r = catch_unwind(AssertUnwindSafe(|| self.compute_unit(step, u, slot, local)));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                let between = between.as_mut().map(|b| &mut **b as &mut dyn FnMut(usize));
+                self.compute_unit(step, u, slot, local, between, &published)
+            }));
             match r {
                 Ok(Ok(loss)) => {
                     // SAFETY: unit u is computed by exactly one worker.
@@ -63,12 +74,16 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 Ok(Err(error)) => return Err(self.fail(ExecError::Model { unit: u, error })),
                 Err(p) => {
                     attempts += 1;
-                    if attempts > self.cfg.max_retries {
+                    if attempts > self.cfg.max_retries || published.get() {
+                        let mut message = panic_message(&*p);
+                        if published.get() {
+                            message += " (after streaming part of its gradient: not retried)";
+                        }
                         return Err(self.fail(ExecError::WorkerPanicked {
                             worker: id,
                             unit: u,
                             attempts,
-                            message: panic_message(&*p),
+                            message,
                         }));
                     }
                     self.retried.fetch_add(1, Ordering::Relaxed);
@@ -83,6 +98,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         u: usize,
         slot: usize,
         local: &mut Local,
+        between: Option<&mut dyn FnMut(usize)>,
+        published: &Cell<bool>,
     ) -> Result<f32, ModelError> {
         // SAFETY: read-only field of ctl, stable during the step.
         if let Some(f) = unsafe { (*self.ctl.get()).inject } {
@@ -96,10 +113,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         let (b, t) = (self.cfg.micro_batch, self.cfg.seq_len);
         self.source
             .fill_train(step, u, &mut local.tokens, &mut local.targets);
-        // SAFETY: parameters are read-only during the compute phase; `slot`
-        // belongs to this worker for the phase.
+        // SAFETY: parameters are read-only during the compute phase.
         let params = unsafe { self.params.all() };
-        let grad = unsafe { self.slots[slot].all_mut() };
         let loss = model::forward(
             &self.kernels,
             &self.model,
@@ -110,6 +125,27 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             b,
             t,
         )?;
+        if let Some(between) = between {
+            let mut sink = SlotSink {
+                buf: &self.slots[slot],
+                between,
+                published,
+            };
+            model::backward_streaming(
+                &self.kernels,
+                &self.model,
+                params,
+                &mut sink,
+                &mut local.work,
+                &local.tokens,
+                &local.targets,
+                b,
+                t,
+            )?;
+            return Ok(loss);
+        }
+        // SAFETY: `slot` belongs to this worker for the phase.
+        let grad = unsafe { self.slots[slot].all_mut() };
         // Writes the whole gradient: no need to zero the buffer first.
         model::backward_into(
             &self.kernels,

@@ -3,7 +3,7 @@
 //! executors that span processes (cllm-mpi) split a step.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -167,6 +167,10 @@ where
             no_steal: std::env::var_os("CLLM_NO_STEAL").is_some_and(|v| v == "1"),
             work_len: work_len(&model, &cfg),
             injected: AtomicUsize::new(0),
+            stream: AtomicBool::new(std::env::var_os("CLLM_STREAM").is_some_and(|v| v == "1")),
+            ready: (0..slots.max(t))
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
             model,
             cfg,
             acc,
@@ -298,6 +302,16 @@ where
 
     fn all_leaves(&self) -> Span {
         Span::of(0..self.shared.cfg.shape.leaf_count() as usize)
+    }
+
+    /// Reduce gradient segments while backward still produces the rest, or
+    /// (the default; `CLLM_STREAM=1` starts a hierarchy with streaming on)
+    /// in a phase after all units. The bits are the same either way; on one
+    /// machine the time is too (the same cores do the same memory-bound
+    /// additions), and a unit that panics after streaming part of its
+    /// gradient fails the step instead of being recomputed.
+    pub fn set_streaming(&mut self, on: bool) {
+        self.shared.stream.store(on, Ordering::Relaxed);
     }
 
     /// Per worker, where its time in the last training job went (compute,

@@ -41,6 +41,7 @@ mod reduce;
 mod schedule;
 mod shared;
 mod step;
+mod stream;
 mod update;
 
 use std::fmt;

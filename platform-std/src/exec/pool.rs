@@ -122,6 +122,7 @@ fn worker_main<A: Accumulator, K: Kernels<f32>>(sh: Arc<Shared<A, K>>, id: usize
         work: vec![0.0; sh.work_len],
         tokens: vec![0; n],
         targets: vec![0; n],
+        tag: 0,
     };
     let mut seen = 0u64;
     loop {

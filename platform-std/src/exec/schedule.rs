@@ -132,6 +132,14 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
         }
     }
 
+    /// Whether every unit of the job has been claimed (no worker will start
+    /// another one).
+    pub(super) fn all_claimed(&self) -> bool {
+        // SAFETY: `owned` is only written while the workers are parked.
+        let owned = unsafe { self.owned.all() };
+        (0..self.cfg.threads).all(|v| self.cursors[v].load(Ordering::Acquire) >= owned[v + 1])
+    }
+
     /// Next unit for worker `id`: its own first, then other workers'.
     pub(super) fn claim(&self, id: usize) -> Option<usize> {
         let t = self.cfg.threads;
@@ -144,7 +152,10 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             if self.cursors[v].load(Ordering::Relaxed) >= end {
                 continue;
             }
-            let u = self.cursors[v].fetch_add(1, Ordering::Relaxed);
+            // Release: a streaming reducer that sees the cursors used up
+            // ([`Shared::all_claimed`]) also sees what the claimer stored
+            // before claiming.
+            let u = self.cursors[v].fetch_add(1, Ordering::AcqRel);
             if u < end {
                 if k != 0 {
                     self.stolen.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,7 @@
 
 use std::cell::UnsafeCell;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use cllm_core::accumulate::Accumulator;
@@ -161,6 +161,11 @@ pub(super) struct Shared<A: Accumulator, K> {
     /// Elements of each worker's activation workspace ([`work_len`](super::work_len)).
     pub(super) work_len: usize,
     pub(super) injected: AtomicUsize,
+    /// Reduce segments while backward runs ([`stream`](super::stream)).
+    pub(super) stream: AtomicBool,
+    /// Streaming: per f32 slot (or, associative, per worker) the first
+    /// segment of its unit's gradient that is final, tagged with the round.
+    pub(super) ready: Vec<AtomicU64>,
 }
 
 // SAFETY: `ctl` is written only while all workers are parked (see Control).
@@ -171,4 +176,7 @@ pub(super) struct Local {
     pub(super) work: Vec<f32>,
     pub(super) tokens: Vec<u32>,
     pub(super) targets: Vec<u32>,
+    /// Streaming rounds this worker has run: every worker runs the same
+    /// rounds, so the count names a round for `Shared::ready`.
+    pub(super) tag: u32,
 }

@@ -1,0 +1,176 @@
+//! Streaming reduction (segments reduced while backward runs) against the
+//! reduction phase after backward: the same bits for every accumulator,
+//! shape, thread count and head, in whole steps and in partial jobs.
+
+use std::sync::Arc;
+
+use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
+use cllm_core::kernels::Portable;
+use cllm_core::model::{self, GptConfig};
+use cllm_core::optim::AdamW;
+use cllm_core::reduce::SEGMENT_LEN;
+use cllm_core::tree::Shape;
+use cllm_std::exec::{ExecConfig, Hierarchy, Optimizer, UnitSource, UpdateSettings};
+
+/// Several blocks and about twenty segments, so that segments really are
+/// reduced while lower blocks are still in backward.
+const MODEL: GptConfig = GptConfig {
+    vocab_size: 40,
+    n_positions: 8,
+    n_embd: 48,
+    n_layer: 3,
+    n_head: 2,
+    untied_head: false,
+};
+const SEQ: usize = 6;
+const MB: usize = 2;
+
+struct Hashed;
+
+impl UnitSource for Hashed {
+    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
+        let tok = |i: usize| {
+            let z = (step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (unit as u64) << 20 ^ i as u64)
+                .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            ((z ^ (z >> 31)) % MODEL.vocab_size as u64) as u32
+        };
+        for i in 0..tokens.len() {
+            tokens[i] = tok(i);
+            targets[i] = tok(i + 1);
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn hierarchy<A: Accumulator + Send + 'static>(
+    model: GptConfig,
+    acc: A,
+    (depth, branching, threads, units): (u32, u32, usize, usize),
+    stream: bool,
+) -> Hierarchy<A, Portable>
+where
+    A::Cell: 'static,
+{
+    let mut p = vec![0.0; model.num_params()];
+    model::init_params(&model, &mut p, 3).unwrap();
+    let cfg = ExecConfig {
+        shape: Shape::new(depth, branching).unwrap(),
+        threads,
+        units,
+        micro_batch: MB,
+        seq_len: SEQ,
+        pin_threads: false,
+        max_retries: 0,
+    };
+    let mut h = Hierarchy::new(model, p, acc, Portable, Arc::new(Hashed), cfg).unwrap();
+    h.set_streaming(stream);
+    h
+}
+
+const LAYOUTS: [(u32, u32, usize, usize); 5] = [
+    (1, 12, 2, 6),
+    (2, 3, 3, 7),
+    (0, 1, 4, 5),
+    (1, 4, 5, 8),
+    (3, 2, 2, 3),
+];
+
+/// Two training steps and the gradient of a third, streamed or not.
+fn run<A: Accumulator + Clone + Send + 'static>(
+    model: GptConfig,
+    acc: &A,
+    layout: (u32, u32, usize, usize),
+    stream: bool,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>)
+where
+    A::Cell: 'static,
+{
+    let mut h = hierarchy(model, acc.clone(), layout, stream);
+    let optimizer = Optimizer::AdamW(AdamW {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    });
+    let mut losses = Vec::new();
+    for step in 0..2u64 {
+        let s = h
+            .train_step(
+                step,
+                UpdateSettings {
+                    optimizer,
+                    lr: 1e-2,
+                    grad_clip: 1.0,
+                    t: step + 1,
+                },
+            )
+            .unwrap();
+        losses.push(s.loss.to_bits());
+        losses.push(s.grad_norm.to_bits());
+    }
+    h.compute_gradients(2).unwrap();
+    (bits(h.params()), bits(h.gradients()), losses)
+}
+
+fn streamed_equals_phased<A: Accumulator + Clone + Send + 'static>(acc: A, name: &str)
+where
+    A::Cell: 'static,
+{
+    for untied_head in [false, true] {
+        let model = GptConfig {
+            untied_head,
+            ..MODEL
+        };
+        assert!(model.num_params() > 20 * SEGMENT_LEN);
+        for layout in LAYOUTS {
+            let phased = run(model, &acc, layout, false);
+            let streamed = run(model, &acc, layout, true);
+            assert!(
+                streamed == phased,
+                "{name} untied {untied_head} layout {layout:?}: streamed bits differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_streamed_equals_phased() {
+    streamed_equals_phased(F32Acc, "f32");
+}
+
+#[test]
+fn fixed_streamed_equals_phased() {
+    streamed_equals_phased(FixedAcc::default(), "fixed");
+}
+
+#[test]
+fn exact_streamed_equals_phased() {
+    streamed_equals_phased(ExactAcc, "exact");
+}
+
+#[test]
+fn partial_jobs_stream_to_the_same_sums() {
+    for layout in LAYOUTS {
+        let leaves = 0..Shape::new(layout.0, layout.1).unwrap().leaf_count() / 2 + 1;
+        let mut f = [false, true].map(|s| hierarchy(MODEL, F32Acc, layout, s));
+        let mut e = [false, true].map(|s| hierarchy(MODEL, ExactAcc, layout, s));
+        for h in f.iter_mut() {
+            h.compute_partial(1, leaves.clone()).unwrap();
+        }
+        for h in e.iter_mut() {
+            h.compute_partial(1, leaves.clone()).unwrap();
+        }
+        assert!(
+            bits(f[0].gradients()) == bits(f[1].gradients()),
+            "f32 {layout:?}"
+        );
+        assert!(
+            e[0].merged_cells() == e[1].merged_cells(),
+            "exact {layout:?}"
+        );
+    }
+}

@@ -19,8 +19,17 @@ Model (p ranks, n bytes, latency alpha, inverse bandwidth beta):
 Step time = per-node compute + exchange + wire arithmetic (encode all P,
 decode the owned share) + optimizer update (of the owned share for
 reduce-scatter, of everything otherwise); no overlap of compute and
-communication (the implementation has none). Efficiency = per-node compute /
-step time (weak scaling: every node keeps its units, the batch grows).
+communication. Efficiency = per-node compute / step time (weak scaling:
+every node keeps its units, the batch grows).
+
+With --overlap (last table): the gradient crosses piece by piece (64
+segments, 1 MiB of f32) while backward runs. The exchange and its wire
+arithmetic are CPU work (measured: on a node whose cores all compute, the
+overlapped step is slower), so the model gives the communication one core
+of the node and computes on the others: compute x cores/(cores-1); forward
+is a third of it and the pieces become final evenly over the backward.
+Step = forward + max(backward, exchange of the gradient + its wire
+arithmetic + piece latencies) + the last piece + update + all-gather.
 """
 import json
 import math
@@ -227,6 +236,37 @@ def main():
                     cells.append(f"{step*1e3:.0f} ms {tc/step*100:.0f} %")
                 print(f"| {nname} | {acc} ({width}) | " + " | ".join(cells) + " |")
         print()
+        if cores < 2:
+            continue
+        print(f"With `--overlap` (model only: {cores - 1} cores compute, one communicates; "
+              "exchange piece by piece during backward; cells: step time (exposed "
+              "communication) efficiency against the non-overlapped step's compute):\n")
+        print("| network | accumulator (B/element) | " + " | ".join(f"{N} nodes" for N in Ns) + " |")
+        print("|---|---|" + "---|" * len(Ns))
+        for nname, a, b in nets:
+            for acc, width in [("exact", w), ("fixed", 8)]:
+                cells = []
+                for N in Ns:
+                    step, exposed = t_overlapped(N, PP, width, a, b, tc, tu, cores,
+                                                 gamma_enc / cores, gamma_dec / cores)
+                    cells.append(f"{step*1e3:.0f} ms ({exposed*1e3:.1f}) {tc/step*100:.0f} %")
+                print(f"| {nname} | {acc} ({width}) | " + " | ".join(cells) + " |")
+        print()
+
+def t_overlapped(N, PP, w, a, b, tc, tu, cores, gamma_enc, gamma_dec, piece=64 * 4096):
+    """Step time with --overlap (see the module doc), and the exposed
+    communication (step minus compute on all cores minus the update)."""
+    l2, frac = math.log2(N), (N - 1) / N
+    pieces = math.ceil(PP / piece)
+    # Per piece: the lane agreement (a tiny all-reduce) and a reduce-scatter.
+    per_piece_lat = 2 * l2 * a + l2 * a
+    grad = frac * PP * w * b + pieces * per_piece_lat + gamma_enc * PP + gamma_dec * PP / N
+    gather = l2 * a + frac * PP * 4 * b + 2 * 2 * l2 * a  # parameters, losses, norms
+    tcw = tc * cores / (cores - 1)
+    fwd, bwd = tcw / 3, 2 * tcw / 3
+    step = fwd + max(bwd, grad) + grad / pieces + tu / N + gather
+    return step, step - tc - tu / N
+
 
 if __name__ == "__main__":
     main()

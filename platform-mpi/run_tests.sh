@@ -16,7 +16,10 @@
 #  5. a rank that dies (exit(1), then abort()) fails the job with a clear
 #     error, within a timeout, and the last checkpoint stays intact; a
 #     restart on fewer ranks resumes it to the uninterrupted run's bits;
-#  6. bad flags under mpirun: one clear error line, non-zero exit, no hang.
+#  6. bad flags under mpirun: one clear error line, non-zero exit, no hang;
+#  7. --overlap (reduction piece by piece while backward runs): exact on 2,
+#     3 and 4 ranks and fixed on 2 = the single-machine trainer; with f32
+#     a clear error.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -77,6 +80,14 @@ for spec in "np1 1" "np2 2 --threads 2" "np4 4" "np4ar 4 --reduce allreduce" "np
 done
 same "$tmp/ref/checkpoint-5" "$tmp/np4/checkpoint-5" "exact np4 step 5 = single process"
 
+echo "== reduction overlapped with backward =="
+# Pieces of 1-3 segments, so that most of them cross while backward runs.
+for spec in "ov2 2 --overlap-bucket 2" "ov4ar 4 --reduce allreduce --overlap-bucket 1" "ov3t2 3 --threads 2 --overlap-bucket 3"; do
+  set -- $spec
+  name=$1 np=$2; shift 2
+  run "$name" "$np" --overlap "$@" && same "$tmp/ref/checkpoint-10" "$tmp/$name/checkpoint-10" "exact --overlap $name = single process"
+done
+
 # 108k parameters: enough cells that the wire encoders split over threads.
 big=(--embed-dim 64 --num-heads 4 --seq-len 64 --batch-size 16 --steps 4)
 run bigref 0 "${big[@]}" || true
@@ -89,6 +100,7 @@ run resume1 1 --resume "$tmp/np2/checkpoint-5" --reduce allreduce && same "$tmp/
 echo "== fixed and f32 =="
 run fix1 0 --accumulator fixed || true
 run fix4 4 --accumulator fixed --threads 2 && same "$tmp/fix1/checkpoint-10" "$tmp/fix4/checkpoint-10" "fixed np4 = single process"
+run fix2ov 2 --accumulator fixed --overlap --overlap-bucket 1 && same "$tmp/fix1/checkpoint-10" "$tmp/fix2ov/checkpoint-10" "fixed --overlap np2 = single process"
 run f32ref 0 --accumulator f32 --threads 2 || true
 run f32np1 1 --accumulator f32 --threads 2 && same "$tmp/f32ref/checkpoint-10" "$tmp/f32np1/checkpoint-10" "f32 one rank = single process"
 for spec in "f32np2 2 --threads 2" "f32np3 3" "f32np4ar 4 --reduce allreduce" "f32np5 5"; do
@@ -130,6 +142,14 @@ if [ "$rc" = 124 ]; then bad "bad flags: the job hung"
 elif [ "$rc" = 0 ]; then bad "bad flags: the job succeeded"
 elif [ "$n" != 1 ] || grep -q "panicked" "$tmp/bad.log"; then cat "$tmp/bad.log"; bad "bad flags: expected one error line"
 else ok "bad flags: one error line, exit code $rc ($(grep "error:" "$tmp/bad.log"))"; fi
+set +e
+timeout 120 "${mpi[@]}" -np 2 "$bin" "$data" "${model[@]}" --accumulator f32 --overlap --out "$tmp/badov" >"$tmp/badov.log" 2>&1
+rc=$?
+set -e
+if [ "$rc" = 124 ]; then bad "f32 --overlap: the job hung"
+elif [ "$rc" = 0 ]; then bad "f32 --overlap: the job succeeded"
+elif ! grep -q "overlap needs the fixed or exact accumulator" "$tmp/badov.log" || grep -q "panicked" "$tmp/badov.log"; then cat "$tmp/badov.log"; bad "f32 --overlap: no clear error"
+else ok "f32 --overlap: clear error, exit code $rc"; fi
 
 if [ "$fail" != 0 ]; then
   echo "run_tests.sh: FAILED"

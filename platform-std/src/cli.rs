@@ -16,7 +16,7 @@ use serde_json::json;
 
 use cllm_core::kernels::Kernels;
 
-use crate::dist::{Collectives, DistSettings, DistStepStats, F32Order, Reduction};
+use crate::dist::{Collectives, DistSettings, DistStepStats, F32Order, Reduction, OVERLAP_BUCKET};
 use crate::exec::FailureInjection;
 use crate::metrics::MetricsRecord;
 use crate::trainer::{
@@ -182,10 +182,23 @@ struct Args {
     /// behind a barrier, reduce, update); on one rank this runs the distributed step too
     #[arg(long)]
     sync_timing: bool,
+    /// Reduce each 1 MiB piece of the gradient across ranks as soon as this rank's backward has
+    /// finished it, while backward goes on (fixed and exact accumulators; the bits are the same)
+    #[arg(long)]
+    overlap: bool,
+    /// Segments of 4,096 gradient elements per piece of an overlapped reduction
+    #[arg(long, default_value_t = OVERLAP_BUCKET as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    overlap_bucket: u64,
 }
 
 /// Flags that only matter with several processes (hidden in `train`).
-const MULTI_PROCESS_FLAGS: [&str; 3] = ["reduce", "f32_order", "sync_timing"];
+const MULTI_PROCESS_FLAGS: [&str; 5] = [
+    "reduce",
+    "f32_order",
+    "sync_timing",
+    "overlap",
+    "overlap_bucket",
+];
 
 /// `--tokenizer`: a kind to train, or a path to load.
 #[derive(Clone, Debug)]
@@ -472,6 +485,7 @@ fn summary(
         "accumulator": cfg.accumulator.name(),
         "kernels": cfg.kernels.name(),
         "reduce": if comm.size() > 1 || args.sync_timing { args.reduce.name() } else { "local" },
+        "overlap": args.overlap,
         "units": cfg.units(),
         "timed_steps": timed.len(),
         "params": cfg_params,
@@ -583,6 +597,8 @@ fn run(launch: &mut Launch<'_>) -> Result<(), TrainError> {
         reduction: args.reduce,
         f32_order: args.f32_order,
         sync_timing: args.sync_timing,
+        overlap: args.overlap,
+        overlap_bucket: usize::try_from(args.overlap_bucket).unwrap_or(usize::MAX),
     };
     let outcome = trainer::train_with(cfg, &explicit, &opts, &mut progress, launch.comm, settings)?;
     let bpb = outcome

@@ -578,6 +578,7 @@ fn prepare(
     explicit: &[&str],
     opts: &TrainOptions,
     ranks: usize,
+    overlap: bool,
     obs: &mut dyn Observer,
 ) -> Result<Prepared, TrainError> {
     given.validate()?;
@@ -587,6 +588,18 @@ fn prepare(
         return Err(ConfigError(format!(
             "--accumulator bigfloat runs in one process only (its cells have no fixed-width \
              wire form), not on {ranks} ranks; exact gives the same bits on any rank count"
+        ))
+        .into());
+    }
+    let overlaps = matches!(
+        cfg.accumulator,
+        AccumulatorKind::Exact | AccumulatorKind::Fixed
+    );
+    if ranks > 1 && overlap && !overlaps {
+        return Err(ConfigError(format!(
+            "--overlap needs the fixed or exact accumulator, not {} (its partial sums cross \
+             ranks after backward); drop --overlap or pick --accumulator exact",
+            cfg.accumulator.name()
         ))
         .into());
     }
@@ -766,7 +779,7 @@ pub fn train_with(
     comm: &mut dyn Collectives,
     settings: DistSettings,
 ) -> Result<TrainOutcome, TrainError> {
-    let prep = prepare(cfg, explicit, opts, comm.size(), obs);
+    let prep = prepare(cfg, explicit, opts, comm.size(), settings.overlap, obs);
     // Set-up is deterministic, but one rank can still fail alone (a file it
     // cannot read): agree before any rank enters a step's collectives.
     let prep = all_ok(comm, prep, TrainError::OtherRank)?;

@@ -174,3 +174,41 @@ fn partial_jobs_stream_to_the_same_sums() {
         );
     }
 }
+
+#[test]
+fn an_overlapped_partial_job_hands_out_every_piece_once_top_down() {
+    let n = MODEL.num_params();
+    for layout in LAYOUTS {
+        let leaves = 0..Shape::new(layout.0, layout.1).unwrap().leaf_count() / 2 + 1;
+        let mut a = hierarchy(MODEL, ExactAcc, layout, false);
+        let sa = a.compute_partial(1, leaves.clone()).unwrap();
+        let want = a.merged_cells().to_vec();
+        let mut b = hierarchy(MODEL, ExactAcc, layout, false);
+        let mut pieces = Vec::new();
+        let sb = b
+            .compute_partial_overlapped(1, leaves, 3, &mut |r, cells| {
+                assert!(cells == &want[r.clone()], "{layout:?}: piece {r:?}");
+                cells.fill(ExactAcc.zero_cell());
+                pieces.push(r);
+            })
+            .unwrap();
+        assert_eq!(sa.loss.to_bits(), sb.loss.to_bits());
+        let mut top = n;
+        for r in &pieces {
+            assert_eq!(r.end, top, "{layout:?}: pieces {pieces:?}");
+            assert!(r.len() <= 3 * SEGMENT_LEN && !r.is_empty());
+            top = r.start;
+        }
+        assert_eq!(top, 0, "{layout:?}: the pieces cover the buffer");
+        // What the callback wrote stays.
+        assert!(b.merged_cells().iter().all(|c| *c == ExactAcc.zero_cell()));
+        // The next whole step is unaffected.
+        let mut c = hierarchy(MODEL, ExactAcc, layout, false);
+        let (gb, gc) = (
+            b.compute_gradients(2).unwrap(),
+            c.compute_gradients(2).unwrap(),
+        );
+        assert_eq!(gb.grad_norm.to_bits(), gc.grad_norm.to_bits());
+        assert!(bits(b.gradients()) == bits(c.gradients()), "{layout:?}");
+    }
+}

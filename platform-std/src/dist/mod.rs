@@ -20,7 +20,7 @@ use std::fmt;
 pub use layout::RankLayout;
 pub use step::{
     gather_optimizer_state, train_step, CrossRank, DistError, DistSettings, DistStepStats,
-    F32Order, Moments, Reduction, Scratch,
+    F32Order, Moments, Reduction, Scratch, OVERLAP_BUCKET,
 };
 
 /// Why a collective could not be issued (its element count does not fit

@@ -171,6 +171,7 @@ where
             ready: (0..slots.max(t))
                 .map(|_| AtomicU64::new(u64::MAX))
                 .collect(),
+            reduced: (0..t).map(|_| AtomicUsize::new(0)).collect(),
             model,
             cfg,
             acc,
@@ -341,6 +342,11 @@ where
 
     pub(super) fn run(&mut self, job: Job) -> Result<StepStats, ExecError> {
         self.dispatch(job)?;
+        Ok(self.job_stats(job))
+    }
+
+    /// What the training job `job`, just finished, measured.
+    pub(super) fn job_stats(&self, job: Job) -> StepStats {
         let sh = &*self.shared;
         let units = match job {
             Job::Train { leaves, .. } => sh.leaf_span_units(leaves),
@@ -354,7 +360,7 @@ where
                 sh.seg_norms.all(),
             )
         };
-        Ok(StepStats {
+        StepStats {
             loss: ordered_mean(losses),
             grad_norm: if partial {
                 0.0
@@ -363,7 +369,7 @@ where
             },
             retried_units: sh.retried.load(Ordering::Relaxed) as u32,
             stolen_units: sh.stolen.load(Ordering::Relaxed) as u32,
-        })
+        }
     }
 }
 

@@ -53,6 +53,7 @@ use cllm_core::tree::Shape;
 
 pub use compute::work_len;
 pub use hierarchy::Hierarchy;
+pub use partial::OnFinal;
 pub use phases::PhaseTimes;
 pub use reduce::reduction_buffers;
 pub use schedule::leaf_block_units;

@@ -10,6 +10,8 @@
 //! associative accumulator gives the same bits as a single process.
 
 use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use cllm_core::accumulate::Accumulator;
 use cllm_core::kernels::Kernels;
@@ -20,6 +22,10 @@ use super::reduce::GRAD;
 use super::schedule::leaf_block_units;
 use super::shared::Span;
 use super::{ExecError, Hierarchy, StepStats, UpdateSettings};
+
+/// What [`Hierarchy::compute_partial_overlapped`] calls with each final
+/// piece: its element range and its cells.
+pub type OnFinal<'a, C> = dyn FnMut(Range<usize>, &mut [C]) + 'a;
 
 impl<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static> Hierarchy<A, K>
 where
@@ -59,6 +65,77 @@ where
             leaves: Span::of(leaves.start as usize..leaves.end as usize),
             partial: true,
         })
+    }
+
+    /// [`compute_partial`](Self::compute_partial) for an associative
+    /// accumulator that hands the merged cells to `on_final` piece by piece
+    /// as they become final, while the workers still compute the rest: the
+    /// job reduces while backward runs (whatever
+    /// [`set_streaming`](Self::set_streaming) says), and `on_final` runs on
+    /// the calling thread with the element range and the cells of each
+    /// piece. The pieces are `bucket` segments long, taken from the top of
+    /// the buffer down (the last one shorter): always the same pieces for
+    /// the same model and `bucket`, each exactly once and in that order, so
+    /// processes can issue one collective per piece in step. What
+    /// `on_final` writes into its piece is what [`merged_cells`](Self::merged_cells)
+    /// then holds. If the job fails, the pieces not yet handed out are not.
+    pub fn compute_partial_overlapped(
+        &mut self,
+        step: u64,
+        leaves: Range<u32>,
+        bucket: usize,
+        on_final: &mut OnFinal<'_, A::Cell>,
+    ) -> Result<StepStats, ExecError> {
+        let n = self.shared.cfg.shape.leaf_count();
+        if !A::ASSOCIATIVE || bucket == 0 || leaves.start > leaves.end || leaves.end > n {
+            return Err(ExecError::Config(format!(
+                "an overlapped partial job needs an associative accumulator, a bucket of at \
+                 least one segment ({bucket}) and leaves inside the tree's {n} ({leaves:?})"
+            )));
+        }
+        let sh = Arc::clone(&self.shared);
+        let (count, t) = (sh.segments.count(), sh.cfg.threads);
+        let streaming = sh.stream.swap(true, Ordering::Relaxed);
+        for r in &sh.reduced {
+            // Workers are parked: nothing is reduced yet.
+            r.store(count, Ordering::Relaxed);
+        }
+        let job = Job::Train {
+            step,
+            update: None,
+            leaves: Span::of(leaves.start as usize..leaves.end as usize),
+            partial: true,
+        };
+        let started = self.start(job);
+        // Segments top.. have been handed out.
+        let mut top = count;
+        let mut hand_out = |from: usize, top: &mut usize| {
+            while *top > 0 && top.saturating_sub(bucket) >= from {
+                let lo = top.saturating_sub(bucket);
+                let r = sh.segments.range(lo).start..sh.segments.range(*top - 1).end;
+                // SAFETY: every segment from `from` up is reduced into
+                // accs[0] and no worker touches it again in this job; the
+                // caller is the only one holding these cells.
+                on_final(r.clone(), unsafe { sh.accs[0].get_mut(r) });
+                *top = lo;
+            }
+        };
+        if started.is_ok() {
+            while !self.job_done() {
+                // What is still out when the job ends goes after it.
+                let from = (0..t)
+                    .map(|w| sh.reduced[w].load(Ordering::Acquire))
+                    .max()
+                    .unwrap_or(0);
+                hand_out(from, &mut top);
+                std::thread::park_timeout(std::time::Duration::from_micros(50));
+            }
+        }
+        let r = started.and_then(|()| self.join_job());
+        sh.stream.store(streaming, Ordering::Relaxed);
+        r?;
+        hand_out(0, &mut top);
+        Ok(self.job_stats(job))
     }
 
     /// The merged accumulator after [`compute_partial`](Self::compute_partial)

@@ -178,6 +178,19 @@ where
 {
     /// Run one job on every worker and wait for it.
     pub(super) fn dispatch(&mut self, job: Job) -> Result<(), ExecError> {
+        self.start(job)?;
+        self.join_job()
+    }
+
+    /// Whether every worker has finished the job [`start`](Self::start)ed.
+    pub(super) fn job_done(&self) -> bool {
+        self.shared.done.load(Ordering::Acquire) >= self.shared.cfg.threads
+    }
+
+    /// Start a job on every worker without waiting for it; the caller then
+    /// calls [`join_job`](Self::join_job) (and may work in between: the
+    /// workers unpark it when they are done).
+    pub(super) fn start(&mut self, job: Job) -> Result<(), ExecError> {
         if self.poisoned {
             return Err(ExecError::Poisoned);
         }
@@ -214,6 +227,12 @@ where
         for w in &self.workers {
             w.thread().unpark();
         }
+        Ok(())
+    }
+
+    /// Wait for the job [`start`](Self::start)ed and report its error.
+    pub(super) fn join_job(&mut self) -> Result<(), ExecError> {
+        let sh = &*self.shared;
         while sh.done.load(Ordering::Acquire) < sh.cfg.threads {
             thread::park();
         }

@@ -166,6 +166,10 @@ pub(super) struct Shared<A: Accumulator, K> {
     /// Streaming: per f32 slot (or, associative, per worker) the first
     /// segment of its unit's gradient that is final, tagged with the round.
     pub(super) ready: Vec<AtomicU64>,
+    /// Streaming, per worker: every segment it owns from this one up is
+    /// reduced (0 once all are), for an owner that takes the finished part
+    /// of a partial job while it runs (reset by that owner).
+    pub(super) reduced: Vec<AtomicUsize>,
 }
 
 // SAFETY: `ctl` is written only while all workers are parked (see Control).

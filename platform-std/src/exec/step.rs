@@ -118,7 +118,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                         }
                         laps.compute();
                         let first = self.workers_ready(tag);
-                        let r = self.reduce_down(&mut next, first, |s| {
+                        let r = self.reduce_down(id, &mut next, first, |s| {
                             // Read only now: `first` says every worker
                             // has published its final counts.
                             let (pend, done) = *sums.get_or_insert_with(|| self.summands());
@@ -143,6 +143,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             if stream {
                 self.publish(id, tag, 0);
                 self.reduce_rest(
+                    id,
                     &mut next,
                     || self.workers_ready(tag),
                     |s| {
@@ -192,7 +193,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                             self.publish(buf, tag, first);
                             if failed.is_none() {
                                 laps.compute();
-                                failed = self.reduce_down(&mut next, ready(), replay).err();
+                                failed = self.reduce_down(id, &mut next, ready(), replay).err();
                                 laps.reduce();
                             }
                         };
@@ -202,7 +203,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                         }
                         laps.compute();
                     }
-                    self.reduce_rest(&mut next, ready, replay, laps)?;
+                    self.reduce_rest(id, &mut next, ready, replay, laps)?;
                 } else {
                     while let Some(k) = self.claim_in_round(id, &round, &mut taken) {
                         let u = units.start + round.units().start + k;

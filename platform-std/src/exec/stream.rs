@@ -79,9 +79,11 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
     }
 
     /// Walks worker `id`'s owned segments down from `next` while they are
-    /// at or above `first` (all contributions final), calling `f` on each.
+    /// at or above `first` (all contributions final), calling `f` on each
+    /// and publishing how far it got (`reduced`).
     pub(super) fn reduce_down(
         &self,
+        id: usize,
         next: &mut Option<usize>,
         first: usize,
         mut f: impl FnMut(usize) -> Result<(), Stop>,
@@ -92,6 +94,8 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             }
             f(s)?;
             *next = s.checked_sub(self.cfg.threads);
+            let done = if next.is_some() { s } else { 0 };
+            self.reduced[id].store(done, Ordering::Release);
         }
         Ok(())
     }
@@ -101,6 +105,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
     /// as waiting, reducing as reduction.
     pub(super) fn reduce_rest(
         &self,
+        id: usize,
         next: &mut Option<usize>,
         mut ready_from: impl FnMut() -> usize,
         mut f: impl FnMut(usize) -> Result<(), Stop>,
@@ -111,7 +116,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
             let first = ready_from();
             if next.is_some_and(|s| s >= first) {
                 laps.wait();
-                self.reduce_down(next, first, &mut f)?;
+                self.reduce_down(id, next, first, &mut f)?;
                 laps.reduce();
                 spins = 0;
                 continue;
@@ -126,6 +131,7 @@ impl<A: Accumulator, K: Kernels<f32>> Shared<A, K> {
                 std::thread::yield_now();
             }
         }
+        self.reduced[id].store(0, Ordering::Release);
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! being descheduled on a shared machine does not count, though sharing the
 //! core's caches still does. All runs are single-threaded.
 
+use cllm_core::kernels::Kernels;
 use cllm_std::kernels::{fma_peak_gflops, AdamW, Isa, KernelChoice, SimdKernels};
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -27,6 +27,7 @@
 //!   `(4·|p·(d − dot)| + (2 + n)·|p|·Σ|p·d|)·u·|s|` of the f64 value (the dot
 //!   product's rounding, in any summation order, carried by `p`).
 
+use cllm_core::kernels::Kernels;
 use cllm_std::kernels::{AdamW, KernelChoice, SimdKernels};
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;

@@ -11,6 +11,7 @@
 //! must come back untouched (tail masks), and equal inputs must give equal
 //! bits.
 
+use cllm_core::kernels::Kernels;
 use cllm_std::kernels::{sgemm, Isa, KernelChoice, SimdKernels, AMX_MIN_DIM};
 
 fn kernels() -> Vec<SimdKernels> {

@@ -248,94 +248,6 @@ impl SimdKernels {
         self.isa.name().to_string()
     }
 
-    /// `C[m×n] = A[m×k]·B[k×n]` (or `C += A·B` when `accumulate`), with
-    /// element (i,j) of A at `a[i*rsa + j*csa]` and likewise for B and C.
-    ///
-    /// Panics if a view does not fit its slice. If two elements of the C
-    /// view share a memory location the result is unspecified (but memory
-    /// safe).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rsa: usize,
-        csa: usize,
-        b: &[f32],
-        rsb: usize,
-        csb: usize,
-        c: &mut [f32],
-        rsc: usize,
-        csc: usize,
-        accumulate: bool,
-    ) {
-        gemm::sgemm_with(
-            self.isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
-        );
-    }
-
-    /// `C[m×n] = bias + A·B` for a row-major C (see [`sgemm_bias_with`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_bias(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rsa: usize,
-        csa: usize,
-        b: &[f32],
-        rsb: usize,
-        csb: usize,
-        bias: &[f32],
-        c: &mut [f32],
-        rsc: usize,
-    ) {
-        gemm::sgemm_bias_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc);
-    }
-
-    /// `C = (A·B) ∘ F` for a row-major C (F `m×n` with C's row stride),
-    /// each strip multiplied as it finishes (the bits of [`Self::gemm`]
-    /// then the product).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_mul(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rsa: usize,
-        csa: usize,
-        b: &[f32],
-        rsb: usize,
-        csb: usize,
-        f: &[f32],
-        c: &mut [f32],
-        rsc: usize,
-    ) {
-        gemm::sgemm_mul_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, f, c, rsc);
-    }
-
-    /// `out[i] = gelu(inp[i])`, GPT-2's tanh approximation
-    /// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`.
-    pub fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
-        self.ops().gelu_forward(out, inp);
-    }
-
-    /// `dinp[i] = gelu'(inp[i]) · dout[i]` (overwrites).
-    pub fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-        self.ops().gelu_backward(dinp, inp, dout);
-    }
-
-    /// `out[i] = gelu(x[i])` and `x[i] = gelu'(x[i])` in one pass: the same
-    /// bits as [`Self::gelu_forward`] and as the factor
-    /// [`Self::gelu_backward`] applies.
-    pub fn gelu_forward_grad(&self, out: &mut [f32], x: &mut [f32]) {
-        self.ops().gelu_forward_grad(out, x);
-    }
-
     /// Layer norm over rows of length `c = weight.len()`:
     /// `out = (x - mean)·rstd·weight + bias` with `rstd = 1/√(var + 1e-5)`
     /// (biased variance); `mean` and `rstd` receive one value per row.
@@ -352,70 +264,9 @@ impl SimdKernels {
             .layernorm_forward(out, mean, rstd, inp, weight, bias);
     }
 
-    /// Backward of [`Self::layernorm_forward`]; accumulates (`+=`) into
-    /// `dinp`, `dweight` and `dbias`. Rows are processed in order, so the
-    /// parameter gradients are summed over rows in row order.
-    #[allow(clippy::too_many_arguments)]
-    pub fn layernorm_backward(
-        &self,
-        dinp: &mut [f32],
-        dweight: &mut [f32],
-        dbias: &mut [f32],
-        dout: &[f32],
-        inp: &[f32],
-        weight: &[f32],
-        mean: &[f32],
-        rstd: &[f32],
-    ) {
-        self.ops()
-            .layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd);
-    }
-
-    /// Causal softmax of a `t×t` head in place: row `i` is
-    /// [`Self::scaled_softmax_row`] of its first `i + 1` entries, then zeros
-    /// (those bits, without a call per row).
-    pub fn causal_softmax(&self, p: &mut [f32], t: usize, scale: f32) {
-        self.ops().causal_softmax(p, t, scale);
-    }
-
-    /// Backward of [`Self::causal_softmax`]: row `i` of `d` is
-    /// [`Self::softmax_backward_row`] of its first `i + 1` entries, then
-    /// zeros.
-    pub fn causal_softmax_backward(&self, d: &mut [f32], p: &[f32], t: usize, scale: f32) {
-        self.ops().causal_softmax_backward(d, p, t, scale);
-    }
-
-    /// `out = a + b` (the same bits as the portable kernel).
-    pub fn add(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
-        self.ops().add(out, a, b);
-    }
-
-    /// `out = a ∘ b` (the same bits as the portable kernel).
-    pub fn mul(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
-        self.ops().mul(out, a, b);
-    }
-
-    /// `acc[j] += Σ_r m[r][j]` over the rows of `m`, each column in row
-    /// order (the same bits as the portable kernel).
-    pub fn add_rows(&self, acc: &mut [f32], m: &[f32]) {
-        self.ops().add_rows(acc, m);
-    }
-
-    /// `d = p ∘ (d − ⟨p, d⟩)·scale`: softmax backward of one row (the dot
-    /// product summed lane-wise, so not the portable bits).
-    pub fn softmax_backward_row(&self, d: &mut [f32], p: &[f32], scale: f32) {
-        self.ops().softmax_backward_row(d, p, scale);
-    }
-
     /// `out = softmax(inp)` over one row (max-subtracted).
     pub fn softmax_row(&self, out: &mut [f32], inp: &[f32]) {
         self.ops().softmax_row(out, inp);
-    }
-
-    /// `row = softmax(row·scale)` in place: the bits of scaling the row and
-    /// then [`Self::softmax_row`] (with `scale = 1`, of `softmax_row` alone).
-    pub fn scaled_softmax_row(&self, row: &mut [f32], scale: f32) {
-        self.ops().scaled_softmax_row(row, scale);
     }
 
     /// Row softmax over consecutive rows of length `cols`.
@@ -429,14 +280,6 @@ impl SimdKernels {
         for (o, i) in out.chunks_exact_mut(cols).zip(inp.chunks_exact(cols)) {
             ops.softmax_row(o, i);
         }
-    }
-
-    /// `ln Σ exp(inp[i])`, max subtracted first.
-    pub fn logsumexp(&self, inp: &[f32]) -> f32 {
-        if inp.is_empty() {
-            return f32::NEG_INFINITY;
-        }
-        self.ops().logsumexp(inp)
     }
 
     /// `row[i] = exp(row[i] − shift)·scale`.
@@ -464,7 +307,7 @@ impl SimdKernels {
 }
 
 /// Single-threaded f32 GEMM on the best path for this CPU (detected once).
-/// Same contract as [`SimdKernels::gemm`].
+/// Same contract as [`Kernels::gemm`](cllm_core::kernels::Kernels::gemm).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,

@@ -1,4 +1,6 @@
-//! `SimdKernels` plugged into the core's kernel seam.
+//! `SimdKernels` plugged into the core's kernel seam: each method goes
+//! straight to the ISA's entry in the dispatch table (`dispatch::Ops`) or to
+//! the GEMM driver; `SimdKernels` itself keeps only what the trait lacks.
 //!
 //! Only what measurably pays is overridden (GEMM, GELU, LayerNorm, row
 //! softmax and its backward, log-sum-exp and the cross-entropy gradient,
@@ -9,7 +11,7 @@ use cllm_core::kernels::{AdamWStep, Kernels};
 
 use super::AdamW;
 
-use super::SimdKernels;
+use super::{gemm, SimdKernels};
 
 impl Kernels<f32> for SimdKernels {
     fn gemm(
@@ -28,8 +30,8 @@ impl Kernels<f32> for SimdKernels {
         csc: usize,
         accumulate: bool,
     ) {
-        SimdKernels::gemm(
-            self, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
+        gemm::sgemm_with(
+            self.isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
         )
     }
 
@@ -48,7 +50,7 @@ impl Kernels<f32> for SimdKernels {
         c: &mut [f32],
         rsc: usize,
     ) {
-        SimdKernels::gemm_bias(self, m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc)
+        gemm::sgemm_bias_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc)
     }
 
     fn gemm_mul(
@@ -66,19 +68,21 @@ impl Kernels<f32> for SimdKernels {
         c: &mut [f32],
         rsc: usize,
     ) {
-        SimdKernels::gemm_mul(self, m, k, n, a, rsa, csa, b, rsb, csb, f, c, rsc)
+        // Each strip is multiplied as it finishes: the bits of `gemm`, then
+        // the product.
+        gemm::sgemm_mul_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, f, c, rsc)
     }
 
     fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {
-        SimdKernels::gelu_forward(self, out, inp)
+        self.ops().gelu_forward(out, inp)
     }
 
     fn gelu_backward(&self, dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-        SimdKernels::gelu_backward(self, dinp, inp, dout)
+        self.ops().gelu_backward(dinp, inp, dout)
     }
 
     fn gelu_forward_grad(&self, out: &mut [f32], x: &mut [f32]) {
-        SimdKernels::gelu_forward_grad(self, out, x)
+        self.ops().gelu_forward_grad(out, x)
     }
 
     fn layernorm_forward(
@@ -110,44 +114,49 @@ impl Kernels<f32> for SimdKernels {
         mean: &[f32],
         rstd: &[f32],
     ) {
-        SimdKernels::layernorm_backward(self, dinp, dweight, dbias, dout, inp, weight, mean, rstd)
+        self.ops()
+            .layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd)
     }
 
     fn softmax_row(&self, row: &mut [f32]) {
         // x·1 is x for every number x, so these are the plain softmax's bits.
-        SimdKernels::scaled_softmax_row(self, row, 1.0)
+        self.ops().scaled_softmax_row(row, 1.0)
     }
 
     fn scaled_softmax_row(&self, row: &mut [f32], scale: f32) {
-        SimdKernels::scaled_softmax_row(self, row, scale)
+        self.ops().scaled_softmax_row(row, scale)
     }
 
     fn causal_softmax(&self, p: &mut [f32], t: usize, scale: f32) {
-        SimdKernels::causal_softmax(self, p, t, scale)
+        self.ops().causal_softmax(p, t, scale)
     }
 
     fn causal_softmax_backward(&self, d: &mut [f32], p: &[f32], t: usize, scale: f32) {
-        SimdKernels::causal_softmax_backward(self, d, p, t, scale)
+        self.ops().causal_softmax_backward(d, p, t, scale)
     }
 
     fn softmax_backward_row(&self, d: &mut [f32], p: &[f32], scale: f32) {
-        SimdKernels::softmax_backward_row(self, d, p, scale)
+        // The dot product is summed lane-wise: not the portable bits.
+        self.ops().softmax_backward_row(d, p, scale)
     }
 
     fn add(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
-        SimdKernels::add(self, out, a, b)
+        self.ops().add(out, a, b)
     }
 
     fn mul(&self, out: &mut [f32], a: &[f32], b: &[f32]) {
-        SimdKernels::mul(self, out, a, b)
+        self.ops().mul(out, a, b)
     }
 
     fn add_rows(&self, acc: &mut [f32], m: &[f32]) {
-        SimdKernels::add_rows(self, acc, m)
+        self.ops().add_rows(acc, m)
     }
 
     fn logsumexp(&self, row: &[f32]) -> f32 {
-        SimdKernels::logsumexp(self, row)
+        if row.is_empty() {
+            return f32::NEG_INFINITY;
+        }
+        self.ops().logsumexp(row)
     }
 
     fn crossentropy_backward_row(&self, row: &mut [f32], lse: f32, target: usize, inv_n: f32) {

@@ -652,6 +652,7 @@ pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
 mod tests {
     use super::{Bufs, BUFS, KCB, MC};
     use crate::kernels::{KernelChoice, SimdKernels};
+    use cllm_core::kernels::Kernels;
 
     /// The packing buffers hold what one call needs and no more: A's chunk
     /// of at most `MC` rows and one B block (a size slip here once made

@@ -493,51 +493,35 @@ where
     }
 }
 
-impl CrossRank for ExactAcc {
-    fn compute_overlapped<K: Kernels<f32> + Send + 'static>(
-        h: &mut Hierarchy<Self, K>,
-        net: &mut dyn Collectives,
-        layout: &RankLayout,
-        settings: DistSettings,
-        step: u64,
-        sc: &mut Scratch,
-    ) -> Result<(usize, f64), DistError> {
-        int_overlapped(h, net, layout, settings, step, sc)
-    }
+/// The integer-wire accumulators cross ranks the same way.
+macro_rules! int_cross_rank {
+    ($($acc:ty),*) => {$(
+        impl CrossRank for $acc {
+            fn compute_overlapped<K: Kernels<f32> + Send + 'static>(
+                h: &mut Hierarchy<Self, K>,
+                net: &mut dyn Collectives,
+                layout: &RankLayout,
+                settings: DistSettings,
+                step: u64,
+                sc: &mut Scratch,
+            ) -> Result<(usize, f64), DistError> {
+                int_overlapped(h, net, layout, settings, step, sc)
+            }
 
-    fn cross_reduce<K: Kernels<f32> + Send + 'static>(
-        h: &mut Hierarchy<Self, K>,
-        net: &mut dyn Collectives,
-        layout: &RankLayout,
-        settings: DistSettings,
-        scratch: &mut Scratch,
-    ) -> Result<usize, DistError> {
-        int_cross_reduce(h, net, layout, settings.reduction, scratch)
-    }
+            fn cross_reduce<K: Kernels<f32> + Send + 'static>(
+                h: &mut Hierarchy<Self, K>,
+                net: &mut dyn Collectives,
+                layout: &RankLayout,
+                settings: DistSettings,
+                scratch: &mut Scratch,
+            ) -> Result<usize, DistError> {
+                int_cross_reduce(h, net, layout, settings.reduction, scratch)
+            }
+        }
+    )*};
 }
 
-impl CrossRank for FixedAcc {
-    fn compute_overlapped<K: Kernels<f32> + Send + 'static>(
-        h: &mut Hierarchy<Self, K>,
-        net: &mut dyn Collectives,
-        layout: &RankLayout,
-        settings: DistSettings,
-        step: u64,
-        sc: &mut Scratch,
-    ) -> Result<(usize, f64), DistError> {
-        int_overlapped(h, net, layout, settings, step, sc)
-    }
-
-    fn cross_reduce<K: Kernels<f32> + Send + 'static>(
-        h: &mut Hierarchy<Self, K>,
-        net: &mut dyn Collectives,
-        layout: &RankLayout,
-        settings: DistSettings,
-        scratch: &mut Scratch,
-    ) -> Result<usize, DistError> {
-        int_cross_reduce(h, net, layout, settings.reduction, scratch)
-    }
-}
+int_cross_rank!(ExactAcc, FixedAcc);
 
 impl CrossRank for F32Acc {
     /// Rounding depends on the order of additions, so the value of every

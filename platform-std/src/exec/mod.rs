@@ -27,7 +27,8 @@
 //! hooks for executors that span processes), `pool` (the persistent workers
 //! and the job protocol), `shared` (the state the workers share), `schedule`
 //! (which worker computes which unit), `compute` (one unit's forward and
-//! backward, evaluation), `step` (the training job phase by phase), `phases`
+//! backward, evaluation), `step` (the training job phase by phase), `stream`
+//! (reducing segments while backward still runs), `phases`
 //! (where each worker's time in it went), `reduce`
 //! (finishing the reduced gradient, ordered sums) and `update` (the
 //! optimizer update).

@@ -212,3 +212,17 @@ fn an_overlapped_partial_job_hands_out_every_piece_once_top_down() {
         assert!(bits(b.gradients()) == bits(c.gradients()), "{layout:?}");
     }
 }
+
+#[test]
+fn a_panicking_piece_handler_waits_for_the_workers_and_leaves_the_hierarchy_usable() {
+    let layout = (1, 4, 3, 8);
+    let mut h = hierarchy(MODEL, ExactAcc, layout, false);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.compute_partial_overlapped(0, 0..4, 2, &mut |_, _| panic!("handler failed"))
+    }));
+    assert!(r.is_err(), "the handler's panic reaches the caller");
+    let mut fresh = hierarchy(MODEL, ExactAcc, layout, false);
+    h.compute_gradients(1).unwrap();
+    fresh.compute_gradients(1).unwrap();
+    assert!(bits(h.gradients()) == bits(fresh.gradients()));
+}

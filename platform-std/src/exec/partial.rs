@@ -10,6 +10,7 @@
 //! associative accumulator gives the same bits as a single process.
 
 use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -120,6 +121,9 @@ where
                 *top = lo;
             }
         };
+        // A panicking `on_final` must not unwind past workers that are still
+        // in the job: it is held until they are done.
+        let mut panicked = None;
         if started.is_ok() {
             while !self.job_done() {
                 // What is still out when the job ends goes after it.
@@ -127,12 +131,18 @@ where
                     .map(|w| sh.reduced[w].load(Ordering::Acquire))
                     .max()
                     .unwrap_or(0);
-                hand_out(from, &mut top);
+                if panicked.is_none() {
+                    let r = catch_unwind(AssertUnwindSafe(|| hand_out(from, &mut top)));
+                    panicked = r.err();
+                }
                 std::thread::park_timeout(std::time::Duration::from_micros(50));
             }
         }
         let r = started.and_then(|()| self.join_job());
         sh.stream.store(streaming, Ordering::Relaxed);
+        if let Some(p) = panicked {
+            resume_unwind(p);
+        }
         r?;
         hand_out(0, &mut top);
         Ok(self.job_stats(job))

@@ -179,6 +179,7 @@ impl std::error::Error for Unsupported {}
 /// construction. Cheap to copy and `Sync`: share one across threads.
 ///
 /// ```
+/// use cllm_core::kernels::Kernels; // the operations are the core's seam
 /// use cllm_std::kernels::{KernelChoice, SimdKernels};
 ///
 /// let k = SimdKernels::new(KernelChoice::Auto).unwrap();

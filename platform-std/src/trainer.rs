@@ -941,7 +941,7 @@ fn plot_title(cfg: &RunConfig) -> String {
 // delay); split up, they would travel as one struct of a dozen mutable
 // fields, and the order of a step would no longer be read top to bottom.
 fn run_loop<A, K>(
-    prep: Prepared,
+    mut prep: Prepared,
     acc: A,
     kernels: K,
     kernel_label: &str,
@@ -965,7 +965,7 @@ where
         (true, Reduction::ScatterGather) => ranks.owned_elements(dist.comm.rank()),
         _ => 0..p,
     };
-    let built = build_hierarchy(&prep, &layout, acc, kernels, shard);
+    let built = build_hierarchy(&mut prep, &layout, acc, kernels, shard);
     let mut h = dist.all_ok(built)?;
 
     let total = prep.total_steps;
@@ -1217,8 +1217,11 @@ where
 
 /// The hierarchy with the run's starting parameters and optimizer state:
 /// from the checkpoint, the pretrained model or a fresh initialisation.
+/// The loaded tensors are released once they are in the hierarchy: kept,
+/// they would hold a second copy of the weights (and, resuming, of the
+/// optimizer state) for the whole run.
 fn build_hierarchy<A, K>(
-    prep: &Prepared,
+    prep: &mut Prepared,
     layout: &tensors::Layout,
     acc: A,
     kernels: K,
@@ -1232,9 +1235,10 @@ where
     let cfg = &prep.cfg;
     let p = prep.model.num_params();
     // Parameters and optimizer state: from the checkpoint or fresh.
-    let (params, moments) = match &prep.resumed {
+    let (params, moments) = match &mut prep.resumed {
         Some(ck) => {
             let params = layout.flatten(&ck.dir.join(checkpoint::MODEL_FILE), &ck.model.model)?;
+            ck.model.model = Vec::new();
             let opt_path = ck.dir.join(checkpoint::OPTIMIZER_FILE);
             let vec = |name| tensors::optimizer_vector(&opt_path, &ck.optimizer, name, p);
             let moments = match cfg.optimizer {
@@ -1246,12 +1250,14 @@ where
                 }
                 OptimizerKind::Sgd => None,
             };
+            ck.optimizer = Vec::new();
             (params, moments)
         }
-        None => match &prep.pretrained {
+        None => match &mut prep.pretrained {
             Some(m) => {
                 let from = cfg.init_from.clone().unwrap_or_default();
                 let params = layout.flatten(&from.join(checkpoint::MODEL_FILE), &m.model)?;
+                m.model = Vec::new();
                 (params, None)
             }
             None => {

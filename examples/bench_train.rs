@@ -237,6 +237,7 @@ where
         seq_len: seq,
         pin_threads: args.pin,
         max_retries: 0,
+        recompute_blocks: false,
     };
     let mut h =
         Hierarchy::new(model, params, acc, kernels, source, cfg).map_err(|e| e.to_string())?;

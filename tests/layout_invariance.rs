@@ -330,3 +330,40 @@ fn forced_simd_paths_are_layout_invariant_and_auto_is_the_widest() {
         }
     }
 }
+
+#[test]
+fn recomputed_blocks_and_a_streamed_reduction_change_no_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, data) = data();
+    // Three blocks, so that there is something to recompute.
+    let mut model = tiny();
+    let at = model.iter().position(|&x| x == "--num-layers").unwrap();
+    model[at + 1] = "3";
+    for acc in ["f32", "exact"] {
+        let train_with = |name: &str, extra: &[&str], env: &[(&str, &str)]| {
+            let out = tmp.path().join(format!("{acc}-{name}"));
+            let mut a = vec![
+                s(data),
+                "--out",
+                s(&out),
+                "--steps",
+                "20",
+                "--accumulator",
+                acc,
+            ];
+            a.extend(["--recursive-depth", "1", "--threads", "2"]);
+            a.extend(extra);
+            a.extend(model.iter().copied());
+            assert_ok(&train(&a, env));
+            checkpoint_hashes(&out, STEPS)
+        };
+        let want = train_with("plain", &[], &[]);
+        let streamed = train_with("streamed", &[], &[("CLLM_STREAM", "1")]);
+        assert_eq!(streamed, want, "{acc}: CLLM_STREAM=1 changes the bits");
+        let recomputed = train_with("recomputed", &["--recompute-blocks"], &[]);
+        assert_eq!(
+            recomputed, want,
+            "{acc}: --recompute-blocks changes the bits"
+        );
+    }
+}

@@ -690,6 +690,7 @@ fn prepare(
         seq_len: cfg.seq_len,
         pin_threads: false,
         max_retries: MAX_RETRIES,
+        recompute_blocks: cfg.recompute_blocks,
     };
     report::check_memory(&model, &exec, cfg.accumulator, cfg.precision)?;
 

@@ -72,6 +72,7 @@ fn cfg(depth: u32, branching: u32, threads: usize, units: usize) -> ExecConfig {
         seq_len: SEQ,
         pin_threads: false,
         max_retries: 1,
+        recompute_blocks: false,
     }
 }
 

@@ -65,6 +65,7 @@ fn cfg(shape: Shape, threads: usize, units: usize) -> ExecConfig {
         seq_len: SEQ,
         pin_threads: false,
         max_retries: 1,
+        recompute_blocks: false,
     }
 }
 

@@ -48,8 +48,21 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn hierarchy<A: Accumulator + Send + 'static>(
     model: GptConfig,
     acc: A,
+    layout: (u32, u32, usize, usize),
+    stream: bool,
+) -> Hierarchy<A, Portable>
+where
+    A::Cell: 'static,
+{
+    hierarchy_with(model, acc, layout, stream, false)
+}
+
+fn hierarchy_with<A: Accumulator + Send + 'static>(
+    model: GptConfig,
+    acc: A,
     (depth, branching, threads, units): (u32, u32, usize, usize),
     stream: bool,
+    recompute_blocks: bool,
 ) -> Hierarchy<A, Portable>
 where
     A::Cell: 'static,
@@ -64,6 +77,7 @@ where
         seq_len: SEQ,
         pin_threads: false,
         max_retries: 0,
+        recompute_blocks,
     };
     let mut h = Hierarchy::new(model, p, acc, Portable, Arc::new(Hashed), cfg).unwrap();
     h.set_streaming(stream);
@@ -88,7 +102,15 @@ fn run<A: Accumulator + Clone + Send + 'static>(
 where
     A::Cell: 'static,
 {
-    let mut h = hierarchy(model, acc.clone(), layout, stream);
+    run_with(hierarchy(model, acc.clone(), layout, stream))
+}
+
+fn run_with<A: Accumulator + Send + 'static>(
+    mut h: Hierarchy<A, Portable>,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>)
+where
+    A::Cell: 'static,
+{
     let optimizer = Optimizer::AdamW(AdamW {
         lr: 1e-2,
         beta1: 0.9,
@@ -225,4 +247,17 @@ fn a_panicking_piece_handler_waits_for_the_workers_and_leaves_the_hierarchy_usab
     h.compute_gradients(1).unwrap();
     fresh.compute_gradients(1).unwrap();
     assert!(bits(h.gradients()) == bits(fresh.gradients()));
+}
+
+#[test]
+fn recomputed_blocks_train_to_the_same_bits() {
+    for layout in [(1, 12, 2, 6), (2, 3, 3, 7)] {
+        let plain = run(MODEL, &F32Acc, layout, false);
+        let h = hierarchy_with(MODEL, F32Acc, layout, false, true);
+        assert!(h.memory_bytes() < hierarchy(MODEL, F32Acc, layout, false).memory_bytes());
+        assert!(run_with(h) == plain, "f32 {layout:?}");
+        let exact = run(MODEL, &ExactAcc, layout, false);
+        let h = hierarchy_with(MODEL, ExactAcc, layout, true, true);
+        assert!(run_with(h) == exact, "exact, streamed {layout:?}");
+    }
 }

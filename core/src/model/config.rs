@@ -164,6 +164,18 @@ impl GptConfig {
         ActSizes::new(self, batch, seq).map_or(usize::MAX, |s| s.kept_total)
     }
 
+    /// A shorter workspace: [`activation_len`](Self::activation_len) less
+    /// `(L−1)` blocks' activations plus `L·B·T·C` (each block's output).
+    /// Forward stores only the blocks' outputs; backward runs each block's
+    /// forward again from its input before going back through it (about a
+    /// third more block arithmetic, for roughly `9·L·B·T·C` fewer floats).
+    /// Any workspace at least this long and shorter than `activation_len` is
+    /// used this way; the results are bitwise the same. With one block it
+    /// equals `activation_len` (nothing to save).
+    pub fn activation_len_recompute(&self, batch: usize, seq: usize) -> usize {
+        ActSizes::new(self, batch, seq).map_or(usize::MAX, |s| s.recompute_total)
+    }
+
     /// Elements of the KV cache for [`forward_cached`](super::forward_cached):
     /// keys and values of every block for every position, `2·L·n_positions·C`.
     pub fn kv_cache_len(&self) -> usize {

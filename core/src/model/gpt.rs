@@ -12,7 +12,7 @@ use super::layers::{
     encoder_backward, encoder_forward, matmul_backward, matmul_forward,
 };
 use super::layout::{LayerGrads, LayerParams, ParamViews};
-use super::work::{block, kept_block, last_output, ActSizes, KeptActs, LayerActs, Work};
+use super::work::{block_acts, kept_block, last_output, ActSizes, KeptActs, LayerActs, Work};
 
 /// Checks everything a forward/backward call depends on, before touching
 /// any buffer, and returns the workspace sizes.
@@ -37,7 +37,7 @@ fn check_call(
     }
     let sizes = ActSizes::new(cfg, batch, seq).ok_or(ModelError::SizeOverflow { batch, seq })?;
     exact(Buffer::Params, cfg.num_params(), params)?;
-    at_least(Buffer::Work, sizes.total, work)?;
+    at_least(Buffer::Work, sizes.recompute_total, work)?;
     exact(Buffer::Tokens, sizes.bt, tokens.len())?;
     let vocab_size = cfg.vocab_size;
     if let Some(index) = tokens.iter().position(|&t| t as usize >= vocab_size) {
@@ -67,9 +67,12 @@ fn check_call(
 /// the mean cross-entropy over all `batch·seq` positions and prepares `work`
 /// for [`backward`]. Without targets it returns `0` and only the logits are
 /// meaningful (read them with [`logits`]). `work` must hold at least
-/// [`GptConfig::activation_len`]`(batch, seq)` elements; its previous
-/// contents do not matter. With [`GptConfig::activation_len_kept`] or more,
-/// a forward with targets keeps what backward would otherwise recompute.
+/// [`GptConfig::activation_len_recompute`]`(batch, seq)` elements; its
+/// previous contents do not matter. Shorter than
+/// [`GptConfig::activation_len`], only each block's output is stored and
+/// backward computes the block again; with [`GptConfig::activation_len_kept`]
+/// or more, a forward with targets keeps what backward would otherwise
+/// recompute. The results are the same bits in every case.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<R: Real, K: Kernels<R>>(
     k: &K,
@@ -91,7 +94,7 @@ pub fn forward<R: Real, K: Kernels<R>>(
 
     encoder_forward(w.encoded, tokens, p.wte, p.wpe, seq, c);
     for l in 0..cfg.n_layer {
-        let (x_in, mut la) = block(&sizes, w.encoded, w.layers, l);
+        let (x_in, mut la) = block_acts(&sizes, w.encoded, w.layers, l, w.recompute);
         let ka = kept.as_deref_mut().map(|kr| kept_block(&sizes, kr, l));
         block_forward(
             k,
@@ -106,7 +109,7 @@ pub fn forward<R: Real, K: Kernels<R>>(
             &sizes,
         );
     }
-    let x = last_output(&sizes, w.layers);
+    let x = last_output(&sizes, w.layers, w.recompute);
     k.layernorm_forward(
         w.s_ln,
         w.lnf_mean,
@@ -368,7 +371,7 @@ fn backward_with<R: Real, K: Kernels<R>, S: GradSink<R> + ?Sized>(
     // without accumulation, a tied head is wte's first write; an untied
     // wte is zeroed just before the embeddings add into it.
     crossentropy_backward(k, w.logits, w.lse, targets, v);
-    let x = last_output(&sizes, w.layers);
+    let x = last_output(&sizes, w.layers, w.recompute);
     k.layernorm_forward(w.s_ln, w.lnf_mean, w.lnf_rstd, x, p.lnf_w, p.lnf_b, eps);
     let dlnf = &mut w.s_a[..bt * c];
     k.gemm(bt, v, c, w.logits, v, 1, p.head(), c, 1, dlnf, c, 1, false);
@@ -392,7 +395,23 @@ fn backward_with<R: Real, K: Kernels<R>, S: GradSink<R> + ?Sized>(
     sink.finished(lnf);
 
     for l in (0..cfg.n_layer).rev() {
-        let (x_in, la) = block(&sizes, w.encoded, w.layers, l);
+        let (x_in, mut la) = block_acts(&sizes, w.encoded, w.layers, l, w.recompute);
+        if w.recompute {
+            // The same inputs through the same kernels: the same bits as the
+            // forward pass stored (its output is written again unchanged).
+            block_forward(
+                k,
+                cfg,
+                &p.layer(cfg, l),
+                x_in,
+                &mut la,
+                None,
+                w.s_ln,
+                w.s_a,
+                w.probs,
+                &sizes,
+            );
+        }
         let ka = kept.as_deref_mut().map(|kr| kept_block(&sizes, kr, l));
         let scratch = Scratch {
             s_ln: &mut *w.s_ln,
@@ -614,6 +633,6 @@ pub fn logits<'w, R: Real>(
         });
     }
     let sizes = ActSizes::new(cfg, batch, seq).ok_or(ModelError::SizeOverflow { batch, seq })?;
-    at_least(Buffer::Work, sizes.total, work.len())?;
-    Ok(&work[sizes.logits_range()])
+    at_least(Buffer::Work, sizes.recompute_total, work.len())?;
+    Ok(&work[sizes.logits_range(work.len())])
 }

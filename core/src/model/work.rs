@@ -52,6 +52,10 @@ pub(crate) struct ActSizes {
     pub total: usize,
     /// Elements of the workspace with the optional kept region.
     pub kept_total: usize,
+    /// Elements of the workspace that stores only each block's output and
+    /// one block's activations, recomputed in backward (`total` when that
+    /// would not be shorter, i.e. with one block).
+    pub recompute_total: usize,
     layer: [usize; 9],
     top: [usize; 13],
     /// One block's kept LayerNorm outputs, GELU output and attention
@@ -106,6 +110,9 @@ impl ActSizes {
             .try_fold(0usize, |a, &x| a.checked_add(x))?
             .checked_mul(cfg.n_layer)?
             .checked_add(total)?;
+        // The blocks' region shrinks from L blocks to L outputs + 1 block.
+        let recompute_layers = cbt.checked_mul(cfg.n_layer)?.checked_add(layer_len)?;
+        let recompute_total = (total - top[1]).checked_add(recompute_layers)?.min(total);
         Some(Self {
             b,
             t,
@@ -113,15 +120,19 @@ impl ActSizes {
             layer_len,
             total,
             kept_total,
+            recompute_total,
             layer,
             top,
             kept,
         })
     }
 
-    /// Where [`Work::carve`] puts the logits.
-    pub fn logits_range(&self) -> core::ops::Range<usize> {
-        let start: usize = self.top[..4].iter().sum();
+    /// Where [`Work::carve`] puts the logits in a workspace of `len`.
+    pub fn logits_range(&self, len: usize) -> core::ops::Range<usize> {
+        let mut start: usize = self.top[..4].iter().sum();
+        if len < self.total {
+            start -= self.total - self.recompute_total;
+        }
         start..start + self.top[4]
     }
 }
@@ -142,8 +153,12 @@ pub(crate) struct LayerActs<'a, R> {
 /// The whole workspace, carved.
 pub(crate) struct Work<'a, R> {
     pub encoded: &'a mut [R],
-    /// `n_layer` blocks of `layer_len`; see [`Work::block`].
+    /// `n_layer` blocks of `layer_len` (see [`block`]), or, recomputing,
+    /// `n_layer` block outputs and one block (see [`block_recomputed`]).
     pub layers: &'a mut [R],
+    /// The workspace is [`ActSizes::recompute_total`] long: backward
+    /// computes each block's forward again from its stored input.
+    pub recompute: bool,
     pub lnf_mean: &'a mut [R],
     pub lnf_rstd: &'a mut [R],
     pub logits: &'a mut [R],
@@ -170,16 +185,26 @@ pub(crate) struct KeptActs<'a, R> {
 }
 
 impl<'a, R> Work<'a, R> {
-    /// Carves `buf` (at least `sizes.total` long; the caller checked), with
-    /// the kept region when `buf` holds `sizes.kept_total`.
+    /// Carves `buf` (at least `sizes.recompute_total` long; the caller
+    /// checked): recomputing when it is shorter than `sizes.total`, with the
+    /// kept region when it holds `sizes.kept_total`.
     pub fn carve(sizes: &ActSizes, buf: &'a mut [R]) -> Self {
-        let (main, rest) = buf.split_at_mut(sizes.total);
-        let kept = rest.get_mut(..sizes.kept_total - sizes.total);
+        let recompute = buf.len() < sizes.total;
+        let mut top = sizes.top;
+        if recompute {
+            top[1] = sizes.recompute_total - (sizes.total - top[1]);
+        }
+        let main_len: usize = top.iter().sum();
+        let (main, rest) = buf.split_at_mut(main_len);
+        let kept = rest
+            .get_mut(..sizes.kept_total - sizes.total)
+            .filter(|_| !recompute);
         let [encoded, layers, lnf_mean, lnf_rstd, logits, lse, s_ln, s_a, s_b, dres, probs, dpre, flag] =
-            split_mut(main, sizes.top);
+            split_mut(main, top);
         Self {
             encoded,
             layers,
+            recompute,
             lnf_mean,
             lnf_rstd,
             logits,
@@ -240,7 +265,63 @@ pub(crate) fn block<'w, R>(
     )
 }
 
+/// Recomputing: block `l`'s input (the embeddings or the previous block's
+/// stored output) and its activations, all in the one block's region except
+/// `res_out`, which is block `l`'s stored output.
+pub(crate) fn block_recomputed<'w, R>(
+    sizes: &ActSizes,
+    encoded: &'w [R],
+    layers: &'w mut [R],
+    l: usize,
+) -> (&'w [R], LayerActs<'w, R>) {
+    let out = sizes.layer[8];
+    let (outputs, one) = layers.split_at_mut(layers.len() - sizes.layer_len);
+    let (done, rest) = outputs.split_at_mut(l * out);
+    let x_in: &[R] = if l == 0 {
+        encoded
+    } else {
+        &done[(l - 1) * out..]
+    };
+    let [ln1_mean, ln1_rstd, qkv, atty, res_mid, ln2_mean, ln2_rstd, fch, _] =
+        split_mut(&mut one[..sizes.layer_len], sizes.layer);
+    (
+        x_in,
+        LayerActs {
+            ln1_mean,
+            ln1_rstd,
+            qkv,
+            atty,
+            res_mid,
+            ln2_mean,
+            ln2_rstd,
+            fch,
+            res_out: &mut rest[..out],
+        },
+    )
+}
+
+/// Block `l`'s input and activations, in whichever layout `recompute` says.
+pub(crate) fn block_acts<'w, R>(
+    sizes: &ActSizes,
+    encoded: &'w [R],
+    layers: &'w mut [R],
+    l: usize,
+    recompute: bool,
+) -> (&'w [R], LayerActs<'w, R>) {
+    if recompute {
+        block_recomputed(sizes, encoded, layers, l)
+    } else {
+        block(sizes, encoded, layers, l)
+    }
+}
+
 /// The last block's output (the input of `ln_f`).
-pub(crate) fn last_output<'w, R>(sizes: &ActSizes, layers: &'w [R]) -> &'w [R] {
-    &layers[layers.len() - sizes.layer[8]..]
+pub(crate) fn last_output<'w, R>(sizes: &ActSizes, layers: &'w [R], recompute: bool) -> &'w [R] {
+    let out = sizes.layer[8];
+    if recompute {
+        let end = layers.len() - sizes.layer_len;
+        &layers[end - out..end]
+    } else {
+        &layers[layers.len() - out..]
+    }
 }

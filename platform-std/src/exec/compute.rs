@@ -27,9 +27,13 @@ const KEPT_ACTS_BYTES: usize = 16 << 20;
 /// outputs, the GELU output, its derivative and the attention probabilities
 /// instead of computing them again) when that adds at most 16 MiB per worker, else the
 /// recomputing one. The bits are the same either way; only the time and
-/// memory differ. `CLLM_RECOMPUTE=1` (a benchmark knob) always recomputes.
+/// memory differ. `CLLM_RECOMPUTE=1` (a benchmark knob) always recomputes;
+/// [`ExecConfig::recompute_blocks`] stores only the blocks' outputs.
 pub fn work_len(model: &GptConfig, cfg: &ExecConfig) -> usize {
     let (b, t) = (cfg.micro_batch, cfg.seq_len);
+    if cfg.recompute_blocks {
+        return model.activation_len_recompute(b, t);
+    }
     let short = model.activation_len(b, t);
     let kept = model.activation_len_kept(b, t);
     let extra = kept

@@ -44,7 +44,7 @@ use super::{
 /// cllm_core::model::init_params(&model, &mut params, 42);
 /// let cfg = ExecConfig {
 ///     shape: Shape::new(1, 12).unwrap(), threads: 2, units: 12, micro_batch: 1,
-///     seq_len: 8, pin_threads: false, max_retries: 1,
+///     seq_len: 8, pin_threads: false, max_retries: 1, recompute_blocks: false,
 /// };
 /// let mut h = Hierarchy::new(model, params, ExactAcc, Portable, Arc::new(Counting), cfg).unwrap();
 /// let stats = h.compute_gradients(0).unwrap();   // train across the whole tree

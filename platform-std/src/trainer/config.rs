@@ -322,6 +322,9 @@ pub struct RunConfig {
     pub batch_size: usize,
     /// Sequences per work unit.
     pub micro_batch: usize,
+    /// `--recompute-blocks`: store only the blocks' outputs, recompute the
+    /// blocks in backward (same bits).
+    pub recompute_blocks: bool,
     /// `--optimizer`.
     pub optimizer: OptimizerKind,
     /// Peak learning rate (warmup to it, cosine decay to a tenth of it).
@@ -390,6 +393,7 @@ impl Default for RunConfig {
             seq_len: d::SEQ_LEN,
             batch_size: d::BATCH_SIZE,
             micro_batch: d::MICRO_BATCH,
+            recompute_blocks: false,
             optimizer: OptimizerKind::AdamW,
             learning_rate: d::LEARNING_RATE,
             beta1: d::BETA1,
@@ -427,6 +431,7 @@ pub const RESUME_OVERRIDABLE: &[&str] = &[
     "recursive_depth",
     "branching",
     "kernels",
+    "recompute_blocks",
     "eval_every",
     "eval_windows",
     "save_every",

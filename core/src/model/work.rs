@@ -233,6 +233,23 @@ pub(crate) fn kept_block<'w, R>(sizes: &ActSizes, kept: &'w mut [R], l: usize) -
     }
 }
 
+/// One block's activations in a region of `sizes.layer_len`.
+fn carve_block<'w, R>(sizes: &ActSizes, region: &'w mut [R]) -> LayerActs<'w, R> {
+    let [ln1_mean, ln1_rstd, qkv, atty, res_mid, ln2_mean, ln2_rstd, fch, res_out] =
+        split_mut(&mut region[..sizes.layer_len], sizes.layer);
+    LayerActs {
+        ln1_mean,
+        ln1_rstd,
+        qkv,
+        atty,
+        res_mid,
+        ln2_mean,
+        ln2_rstd,
+        fch,
+        res_out,
+    }
+}
+
 /// Block `l`'s input (the embeddings or the previous block's output) and its
 /// stored activations, borrowed from the workspace at once.
 pub(crate) fn block<'w, R>(
@@ -247,22 +264,7 @@ pub(crate) fn block<'w, R>(
     } else {
         &done[done.len() - sizes.layer[8]..]
     };
-    let [ln1_mean, ln1_rstd, qkv, atty, res_mid, ln2_mean, ln2_rstd, fch, res_out] =
-        split_mut(&mut rest[..sizes.layer_len], sizes.layer);
-    (
-        x_in,
-        LayerActs {
-            ln1_mean,
-            ln1_rstd,
-            qkv,
-            atty,
-            res_mid,
-            ln2_mean,
-            ln2_rstd,
-            fch,
-            res_out,
-        },
-    )
+    (x_in, carve_block(sizes, rest))
 }
 
 /// Recomputing: block `l`'s input (the embeddings or the previous block's
@@ -282,22 +284,9 @@ pub(crate) fn block_recomputed<'w, R>(
     } else {
         &done[(l - 1) * out..]
     };
-    let [ln1_mean, ln1_rstd, qkv, atty, res_mid, ln2_mean, ln2_rstd, fch, _] =
-        split_mut(&mut one[..sizes.layer_len], sizes.layer);
-    (
-        x_in,
-        LayerActs {
-            ln1_mean,
-            ln1_rstd,
-            qkv,
-            atty,
-            res_mid,
-            ln2_mean,
-            ln2_rstd,
-            fch,
-            res_out: &mut rest[..out],
-        },
-    )
+    let mut la = carve_block(sizes, one);
+    la.res_out = &mut rest[..out];
+    (x_in, la)
 }
 
 /// Block `l`'s input and activations, in whichever layout `recompute` says.

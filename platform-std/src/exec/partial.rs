@@ -54,12 +54,7 @@ where
         step: u64,
         leaves: Range<u32>,
     ) -> Result<StepStats, ExecError> {
-        let n = self.shared.cfg.shape.leaf_count();
-        if leaves.start > leaves.end || leaves.end > n {
-            return Err(ExecError::Config(format!(
-                "leaf range {leaves:?} outside the tree's {n} leaves"
-            )));
-        }
+        self.check_leaves(&leaves)?;
         self.run(Job::Train {
             step,
             update: None,
@@ -87,11 +82,11 @@ where
         bucket: usize,
         on_final: &mut OnFinal<'_, A::Cell>,
     ) -> Result<StepStats, ExecError> {
-        let n = self.shared.cfg.shape.leaf_count();
-        if !A::ASSOCIATIVE || bucket == 0 || leaves.start > leaves.end || leaves.end > n {
+        self.check_leaves(&leaves)?;
+        if !A::ASSOCIATIVE || bucket == 0 {
             return Err(ExecError::Config(format!(
-                "an overlapped partial job needs an associative accumulator, a bucket of at \
-                 least one segment ({bucket}) and leaves inside the tree's {n} ({leaves:?})"
+                "an overlapped partial job needs an associative accumulator and a bucket of at \
+                 least one segment ({bucket})"
             )));
         }
         let sh = Arc::clone(&self.shared);
@@ -221,6 +216,16 @@ where
             grad_norm,
             update,
         })
+    }
+
+    fn check_leaves(&self, leaves: &Range<u32>) -> Result<(), ExecError> {
+        let n = self.shared.cfg.shape.leaf_count();
+        if leaves.start > leaves.end || leaves.end > n {
+            return Err(ExecError::Config(format!(
+                "leaf range {leaves:?} outside the tree's {n} leaves"
+            )));
+        }
+        Ok(())
     }
 
     fn check_segments(&self, segments: &Range<usize>) -> Result<(), ExecError> {

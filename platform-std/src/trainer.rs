@@ -584,25 +584,7 @@ fn prepare(
     given.validate()?;
     let (cfg, resumed, run_dir) = resolve_run(given, explicit, obs)?;
     let mut cfg = cfg;
-    if ranks > 1 && cfg.accumulator == AccumulatorKind::BigFloat {
-        return Err(ConfigError(format!(
-            "--accumulator bigfloat runs in one process only (its cells have no fixed-width \
-             wire form), not on {ranks} ranks; exact gives the same bits on any rank count"
-        ))
-        .into());
-    }
-    let overlaps = matches!(
-        cfg.accumulator,
-        AccumulatorKind::Exact | AccumulatorKind::Fixed
-    );
-    if ranks > 1 && overlap && !overlaps {
-        return Err(ConfigError(format!(
-            "--overlap needs the fixed or exact accumulator, not {} (its partial sums cross \
-             ranks after backward); drop --overlap or pick --accumulator exact",
-            cfg.accumulator.name()
-        ))
-        .into());
-    }
+    check_ranks(&cfg, ranks, overlap)?;
     cfg.out = Some(run_dir.clone());
     let pretrained = match (cfg.init_from.clone(), &resumed) {
         (Some(dir), None) => Some(init_from(&mut cfg, &dir, explicit, obs)?),
@@ -626,16 +608,7 @@ fn prepare(
     let corpus_bytes = corpus.bytes().len();
     let fp = fingerprint(corpus.bytes());
     if let Some(ck) = &resumed {
-        let saved = ck.state.config.get("corpus");
-        if saved != Some(&corpus_json(corpus_bytes, fp)) {
-            return Err(TrainError::Resume(format!(
-                "the corpus at {} ({corpus_bytes} bytes, fingerprint {fp:016x}) is not the one \
-                 checkpoint {} was trained on ({}); resume with the same data",
-                data_path.display(),
-                ck.dir.display(),
-                saved.map_or("no corpus record".to_string(), |v| v.to_string())
-            )));
-        }
+        check_same_corpus(ck, &data_path, corpus_bytes, fp)?;
     }
     let tokenizer = choose_tokenizer(&mut cfg, &resumed, &pretrained, corpus.bytes(), obs)?;
     let store = corpus.into_tokens(&tokenizer)?;
@@ -650,14 +623,7 @@ fn prepare(
         }
         _ => Vec::new(),
     };
-    let total_steps = match (cfg.steps, cfg.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => {
-            let per_step = (cfg.batch_size * cfg.seq_len) as f64;
-            (e * train.len as f64 / per_step).ceil().max(1.0) as u64
-        }
-        (None, None) => defaults::STEPS,
-    };
+    let total_steps = total_steps(&cfg, train.len);
 
     // Model and hierarchy shape.
     // A checkpoint's vocabulary may be padded beyond its tokenizer's (e.g.
@@ -719,14 +685,7 @@ fn prepare(
     let (start_step, elapsed_before) = resumed
         .as_ref()
         .map_or((0, 0.0), |ck| (ck.state.step, ck.state.elapsed_s));
-    // Everything but the per-process resolved values (threads may differ
-    // between machines).
-    let mut agreed = saved_config.clone();
-    if let Some(r) = agreed.get_mut("resolved").and_then(Value::as_object_mut) {
-        r.remove("threads");
-    }
-    agreed["threads"] = Value::Null;
-    let agreement = fingerprint(format!("{agreed} {n_tokens} {start_step}").as_bytes());
+    let agreement = agreement(&saved_config, n_tokens, start_step);
     Ok(Prepared {
         cfg,
         saved_config,
@@ -745,6 +704,75 @@ fn prepare(
         step_delay: opts.step_delay,
         agreement,
     })
+}
+
+/// The checks that depend on the rank count: bigfloat runs in one process,
+/// and only the integer-wire accumulators overlap their exchange.
+fn check_ranks(cfg: &RunConfig, ranks: usize, overlap: bool) -> Result<(), TrainError> {
+    if ranks > 1 && cfg.accumulator == AccumulatorKind::BigFloat {
+        return Err(ConfigError(format!(
+            "--accumulator bigfloat runs in one process only (its cells have no fixed-width \
+             wire form), not on {ranks} ranks; exact gives the same bits on any rank count"
+        ))
+        .into());
+    }
+    let overlaps = matches!(
+        cfg.accumulator,
+        AccumulatorKind::Exact | AccumulatorKind::Fixed
+    );
+    if ranks > 1 && overlap && !overlaps {
+        return Err(ConfigError(format!(
+            "--overlap needs the fixed or exact accumulator, not {} (its partial sums cross \
+             ranks after backward); drop --overlap or pick --accumulator exact",
+            cfg.accumulator.name()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A resumed run must read the corpus its checkpoint was trained on.
+fn check_same_corpus(
+    ck: &LoadedCheckpoint,
+    data_path: &Path,
+    corpus_bytes: usize,
+    fp: u64,
+) -> Result<(), TrainError> {
+    let saved = ck.state.config.get("corpus");
+    if saved != Some(&corpus_json(corpus_bytes, fp)) {
+        return Err(TrainError::Resume(format!(
+            "the corpus at {} ({corpus_bytes} bytes, fingerprint {fp:016x}) is not the one \
+             checkpoint {} was trained on ({}); resume with the same data",
+            data_path.display(),
+            ck.dir.display(),
+            saved.map_or("no corpus record".to_string(), |v| v.to_string())
+        )));
+    }
+    Ok(())
+}
+
+/// `--steps`, or `--epochs` over `train_len` training tokens, or the default.
+fn total_steps(cfg: &RunConfig, train_len: usize) -> u64 {
+    match (cfg.steps, cfg.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => {
+            let per_step = (cfg.batch_size * cfg.seq_len) as f64;
+            (e * train_len as f64 / per_step).ceil().max(1.0) as u64
+        }
+        (None, None) => defaults::STEPS,
+    }
+}
+
+/// The fingerprint every rank must share: the saved configuration without
+/// the per-process resolved values (threads may differ between machines),
+/// the token count and the start step.
+fn agreement(saved_config: &Value, n_tokens: usize, start_step: u64) -> u64 {
+    let mut agreed = saved_config.clone();
+    if let Some(r) = agreed.get_mut("resolved").and_then(Value::as_object_mut) {
+        r.remove("threads");
+    }
+    agreed["threads"] = Value::Null;
+    fingerprint(format!("{agreed} {n_tokens} {start_step}").as_bytes())
 }
 
 /// Trains as `cfg` says. `explicit` lists the fields (snake_case) the user

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
-use cllm_core::kernels::Kernels;
+use cllm_core::kernels::{Kernels, Mat, MatMut};
 use cllm_core::model::{self, GptConfig};
 use cllm_core::optim::AdamW;
 use cllm_core::tree::Shape;
@@ -181,10 +181,11 @@ fn matmul_peak<K: Kernels<f32>>(k: &K) -> f64 {
     let a = vec![1.0f32; n * n];
     let b = vec![0.5f32; n * n];
     let mut c = vec![0.0f32; n * n];
+    let (a, b) = (Mat::row_major(&a, n, n), Mat::row_major(&b, n, n));
     let mut best = 0.0f64;
     for _ in 0..5 {
         let t = Instant::now();
-        k.gemm(n, n, n, &a, n, 1, &b, n, 1, &mut c, n, 1, false);
+        k.gemm(a, b, MatMut::row_major(&mut c, n, n), false);
         best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     best

@@ -20,6 +20,9 @@
 //! front with `assert!` (cheap, O(1)) and panic with the offending numbers.
 
 pub mod gemm;
+mod mat;
+
+pub use mat::{assert_row_major, product_dims, Mat, MatMut};
 
 use crate::real::Real;
 
@@ -51,98 +54,58 @@ const GELU_CUBIC: f64 = 0.044_715;
 
 /// The math kernels the model calls. Every method has a portable default.
 pub trait Kernels<R: Real>: Sync {
-    /// `C[m×n] = A[m×k]·B[k×n]` (`accumulate = false`) or `C += A·B`
-    /// (`accumulate = true`). Element `(i,j)` of `A` is `a[i*rsa + j*csa]`
-    /// (likewise `B` with `rsb`/`csb`, `C` with `rsc`/`csc`), so transposes
-    /// are free.
+    /// `C = A·B` (`accumulate = false`) or `C += A·B` (`accumulate = true`)
+    /// for `A` `m×k`, `B` `k×n` and `C` `m×n`. The operands are strided
+    /// views ([`Mat`], [`MatMut`]), so transposes are free ([`Mat::t`]).
     ///
     /// # Panics
-    /// If a slice is too short for its sizes and strides, or if `C`'s rows
-    /// overlap (`m > 1`, `csc == 1` and `rsc < n`).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[R],
-        rsa: usize,
-        csa: usize,
-        b: &[R],
-        rsb: usize,
-        csb: usize,
-        c: &mut [R],
-        rsc: usize,
-        csc: usize,
-        accumulate: bool,
-    ) {
-        gemm::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+    /// If the shapes do not agree ([`product_dims`]), if a slice is too short
+    /// for its view, or if `C`'s rows overlap (`m > 1`, `c.cs == 1` and
+    /// `c.rs < n`).
+    fn gemm(&self, a: Mat<'_, R>, b: Mat<'_, R>, c: MatMut<'_, R>, accumulate: bool) {
+        gemm::gemm(a, b, c, accumulate);
     }
 
-    /// `C[m×n] = bias + A·B` for a row-major `C` (row stride `rsc`), `bias`
-    /// (`n` values) added to every row: a linear layer's forward. The
-    /// default fills each row with `bias` and calls [`Kernels::gemm`] with
+    /// `C = bias + A·B` for a row-major `C` (`c.cs == 1`), `bias` (`n`
+    /// values) added to every row: a linear layer's forward. The default
+    /// fills each row with `bias` and calls [`Kernels::gemm`] with
     /// `accumulate`, so every element is `bias[j] + (A·B)[i][j]`; an
     /// override must give the same bits as that (e.g. by adding the bias as
     /// it stores the product).
     ///
     /// # Panics
-    /// As [`Kernels::gemm`], or if `bias` is shorter than `n`.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_bias(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[R],
-        rsa: usize,
-        csa: usize,
-        b: &[R],
-        rsb: usize,
-        csb: usize,
-        bias: &[R],
-        c: &mut [R],
-        rsc: usize,
-    ) {
+    /// As [`Kernels::gemm`], or if `c.cs != 1` or `bias` is shorter than `n`.
+    fn gemm_bias(&self, a: Mat<'_, R>, b: Mat<'_, R>, bias: &[R], c: MatMut<'_, R>) {
+        let (m, _, n) = product_dims("gemm_bias", &a, &b, &c);
+        assert_row_major("gemm_bias", &c);
         assert!(
             bias.len() >= n,
             "gemm_bias: bias of {} for {n} columns",
             bias.len()
         );
+        let rsc = c.rs;
         for i in 0..m {
-            c[i * rsc..i * rsc + n].copy_from_slice(&bias[..n]);
+            c.data[i * rsc..i * rsc + n].copy_from_slice(&bias[..n]);
         }
-        self.gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, true);
+        self.gemm(a, b, c, true);
     }
 
-    /// `C = (A·B) ∘ F` for a row-major `C` (`F` is `m×n` with C's row
-    /// stride; C is overwritten): [`Kernels::gemm`] followed by the
+    /// `C = (A·B) ∘ F` for a row-major `C` (`c.cs == 1`; `F` is `m×n` with
+    /// C's row stride; C is overwritten): [`Kernels::gemm`] followed by the
     /// elementwise product on each row, which is what the default does (an
     /// override must give those bits, e.g. by multiplying each part of C as
     /// it finishes).
     ///
     /// # Panics
-    /// As `gemm`, or if `f` does not hold the `m×n` view.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_mul(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[R],
-        rsa: usize,
-        csa: usize,
-        b: &[R],
-        rsb: usize,
-        csb: usize,
-        f: &[R],
-        c: &mut [R],
-        rsc: usize,
-    ) {
-        self.gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false);
+    /// As `gemm`, or if `c.cs != 1` or `f` does not hold the `m×n` view.
+    fn gemm_mul(&self, a: Mat<'_, R>, b: Mat<'_, R>, f: &[R], mut c: MatMut<'_, R>) {
+        let (m, _, n) = product_dims("gemm_mul", &a, &b, &c);
+        assert_row_major("gemm_mul", &c);
+        let rsc = c.rs;
+        self.gemm(a, b, c.reborrow(), false);
         for i in 0..m {
             let row = i * rsc..i * rsc + n;
-            for (x, &y) in c[row.clone()].iter_mut().zip(&f[row]) {
+            for (x, &y) in c.data[row.clone()].iter_mut().zip(&f[row]) {
                 *x *= y;
             }
         }

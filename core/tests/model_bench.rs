@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cllm_core::kernels::{Kernels, Portable};
+use cllm_core::kernels::{Kernels, Mat, MatMut, Portable};
 use cllm_core::model::{self, GptConfig};
 use cllm_core::rng::Rng;
 
@@ -43,8 +43,9 @@ fn bench_gemm_f32() {
         let mut c = vec![0.0f32; m * n];
         let (rsa, csa) = if ta { (1, m) } else { (k, 1) };
         let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
+        let (a, b) = (Mat::new(&a, m, k, rsa, csa), Mat::new(&b, k, n, rsb, csb));
         let s = time(7, || {
-            Portable.gemm(m, k, n, &a, rsa, csa, &b, rsb, csb, &mut c, n, 1, false);
+            Portable.gemm(a, b, MatMut::row_major(&mut c, m, n), false);
             black_box(&c);
         });
         println!(

@@ -9,7 +9,7 @@
 //! being descheduled on a shared machine does not count, though sharing the
 //! core's caches still does. All runs are single-threaded.
 
-use cllm_core::kernels::Kernels;
+use cllm_core::kernels::{Kernels, Mat, MatMut};
 use cllm_std::kernels::{fma_peak_gflops, AdamW, Isa, KernelChoice, SimdKernels};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -129,7 +129,10 @@ fn candidates() -> Vec<(String, GemmFn)> {
                 format!("cllm {}", kern.describe()),
                 Box::new(move |sh, st, a, b, c| {
                     kern.gemm(
-                        sh.m, sh.k, sh.n, a, st.rsa, st.csa, b, st.rsb, st.csb, c, sh.n, 1, false,
+                        Mat::new(a, sh.m, sh.k, st.rsa, st.csa),
+                        Mat::new(b, sh.k, sh.n, st.rsb, st.csb),
+                        MatMut::row_major(c, sh.m, sh.n),
+                        false,
                     )
                 }),
             ));
@@ -524,12 +527,13 @@ fn bench_fused(quick: bool) {
         let dout = fill(m * c, 11);
         let dout = &dout;
         let (mut d1, mut d2, mut s1) = (vec![0.0; m * n], vec![0.0; m * n], vec![0.0; m * n]);
+        let (dout, w) = (Mat::row_major(dout, m, c), Mat::row_major(w, n, c).t());
         let mut sep = || {
-            k.gemm(m, c, n, dout, c, 1, w, 1, c, &mut s1, n, 1, false);
+            k.gemm(dout, w, MatMut::row_major(&mut s1, m, n), false);
             cllm_core::kernels::Kernels::mul(&k, &mut d1, f, &s1);
         };
         let mut fused = || {
-            k.gemm_mul(m, c, n, dout, c, 1, w, 1, c, f, &mut d2, n);
+            k.gemm_mul(dout, w, f, MatMut::row_major(&mut d2, m, n));
         };
         let res = time_interleaved(&mut [&mut sep, &mut fused], rounds, budget);
         let t: Vec<(f64, f64)> = res.into_iter().map(best_median).collect();

@@ -11,7 +11,7 @@
 //! must come back untouched (tail masks), and equal inputs must give equal
 //! bits.
 
-use cllm_core::kernels::Kernels;
+use cllm_core::kernels::{Kernels, Mat, MatMut};
 use cllm_std::kernels::{sgemm, Isa, KernelChoice, SimdKernels, AMX_MIN_DIM};
 
 fn kernels() -> Vec<SimdKernels> {
@@ -123,18 +123,9 @@ fn check(kern: &SimdKernels, cs: &Case, seed: u64) -> Vec<f32> {
     }
     let before = c.clone();
     kern.gemm(
-        m,
-        k,
-        n,
-        &a,
-        rsa,
-        csa,
-        &b,
-        rsb,
-        csb,
-        &mut c[..lc],
-        rsc,
-        csc,
+        Mat::new(&a, m, k, rsa, csa),
+        Mat::new(&b, k, n, rsb, csb),
+        MatMut::new(&mut c[..lc], m, n, rsc, csc),
         cs.accumulate,
     );
     let mut in_view = vec![false; c.len()];
@@ -349,16 +340,19 @@ fn elements_independent_of_m_and_n() {
         if kern.isa() == Isa::Amx {
             continue;
         }
+        let (av, bv) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
         let mut full = vec![0.0; m * n];
-        kern.gemm(m, k, n, &a, k, 1, &b, n, 1, &mut full, n, 1, false);
+        kern.gemm(av, bv, MatMut::row_major(&mut full, m, n), false);
         for i in [0, 8, 36] {
             let mut row = vec![0.0; n];
-            kern.gemm(1, k, n, &a[i * k..], k, 1, &b, n, 1, &mut row, n, 1, false);
+            let ai = Mat::row_major(&a[i * k..], 1, k);
+            kern.gemm(ai, bv, MatMut::row_major(&mut row, 1, n), false);
             assert_eq!(row, full[i * n..(i + 1) * n], "{} row {i}", kern.describe());
         }
         for j in [0, 16, 33, 44] {
             let mut col = vec![0.0; m];
-            kern.gemm(m, k, 1, &a, k, 1, &b[j..], n, 1, &mut col, 1, 1, false);
+            let bj = Mat::rows_strided(&b[j..], k, 1, n);
+            kern.gemm(av, bj, MatMut::new(&mut col, m, 1, 1, 1), false);
             let want: Vec<f32> = (0..m).map(|i| full[i * n + j]).collect();
             assert_eq!(col, want, "{} column {j}", kern.describe());
         }
@@ -379,24 +373,16 @@ fn amx_elements_independent_of_m_and_n() {
     let (m, k, n) = (2 * d + 13, 300, 2 * d + 6);
     let a = fill(m * k, 1);
     let b = fill(k * n, 2);
+    let (av, bv) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
     let mut full = vec![0.0; m * n];
-    kern.gemm(m, k, n, &a, k, 1, &b, n, 1, &mut full, n, 1, false);
+    kern.gemm(av, bv, MatMut::row_major(&mut full, m, n), false);
     for (i0, rows) in [(0, d), (5, d), (d + 8, d + 5), (13, d + 18)] {
         for (j0, cols) in [(0, d), (3, d + 1), (d + 6, d), (0, n)] {
             let mut part = vec![0.0; rows * cols];
             kern.gemm(
-                rows,
-                k,
-                cols,
-                &a[i0 * k..],
-                k,
-                1,
-                &b[j0..],
-                n,
-                1,
-                &mut part,
-                cols,
-                1,
+                Mat::row_major(&a[i0 * k..], rows, k),
+                Mat::rows_strided(&b[j0..], k, cols, n),
+                MatMut::row_major(&mut part, rows, cols),
                 false,
             );
             for i in 0..rows {
@@ -411,15 +397,20 @@ fn amx_elements_independent_of_m_and_n() {
         }
     }
     let (mut one, mut want) = (vec![0.0; n], vec![0.0; n]);
-    kern.gemm(1, k, n, &a, k, 1, &b, n, 1, &mut one, n, 1, false);
-    avx512.gemm(1, k, n, &a, k, 1, &b, n, 1, &mut want, n, 1, false);
+    let a1 = Mat::row_major(&a, 1, k);
+    kern.gemm(a1, bv, MatMut::row_major(&mut one, 1, n), false);
+    avx512.gemm(a1, bv, MatMut::row_major(&mut want, 1, n), false);
     assert_eq!(one, want, "a single row runs on AVX-512");
     // Below the volume threshold too; above it the tiles give other bits.
     for (mm, kk, nn, tiles) in [(d, d, d, false), (d, 4 * d, d, true)] {
         assert_eq!(cllm_std::kernels::amx_pays(mm, kk, nn), tiles);
         let (mut x, mut y) = (vec![0.0; mm * nn], vec![0.0; mm * nn]);
-        kern.gemm(mm, kk, nn, &a, k, 1, &b, n, 1, &mut x, nn, 1, false);
-        avx512.gemm(mm, kk, nn, &a, k, 1, &b, n, 1, &mut y, nn, 1, false);
+        let (ap, bp) = (
+            Mat::rows_strided(&a, mm, kk, k),
+            Mat::rows_strided(&b, kk, nn, n),
+        );
+        kern.gemm(ap, bp, MatMut::row_major(&mut x, mm, nn), false);
+        avx512.gemm(ap, bp, MatMut::row_major(&mut y, mm, nn), false);
         assert_eq!(x == y, !tiles, "{mm}×{kk}×{nn}");
     }
 }
@@ -478,12 +469,14 @@ fn amx_tails_and_blocks() {
 #[test]
 fn k_zero_and_empty() {
     for kern in kernels() {
+        let (a, b) = (Mat::row_major(&[], 2, 0), Mat::row_major(&[], 0, 3));
         let mut c = vec![3.0f32; 6];
-        kern.gemm(2, 0, 3, &[], 0, 1, &[], 3, 1, &mut c, 3, 1, true);
+        kern.gemm(a, b, MatMut::row_major(&mut c, 2, 3), true);
         assert_eq!(c, [3.0; 6], "k = 0 with accumulate leaves C");
-        kern.gemm(2, 0, 3, &[], 0, 1, &[], 3, 1, &mut c, 3, 1, false);
+        kern.gemm(a, b, MatMut::row_major(&mut c, 2, 3), false);
         assert_eq!(c, [0.0; 6], "k = 0 without accumulate zeroes C");
-        kern.gemm(0, 4, 3, &[], 4, 1, &[0.0; 12], 3, 1, &mut [], 3, 1, false);
+        let (a, b) = (Mat::row_major(&[], 0, 4), Mat::row_major(&[0.0; 12], 4, 3));
+        kern.gemm(a, b, MatMut::row_major(&mut [], 0, 3), false);
     }
 }
 
@@ -494,8 +487,9 @@ fn free_function_uses_the_detected_path() {
     let b = fill(k * n, 2);
     let mut c1 = vec![0.0; m * n];
     let mut c2 = vec![0.0; m * n];
-    sgemm(m, k, n, &a, k, 1, &b, n, 1, &mut c1, n, 1, false);
-    SimdKernels::auto().gemm(m, k, n, &a, k, 1, &b, n, 1, &mut c2, n, 1, false);
+    let (a, b) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
+    sgemm(a, b, MatMut::row_major(&mut c1, m, n), false);
+    SimdKernels::auto().gemm(a, b, MatMut::row_major(&mut c2, m, n), false);
     assert_eq!(c1, c2);
     assert_eq!(SimdKernels::auto().isa(), Isa::detect());
 }
@@ -506,7 +500,8 @@ fn rejects_a_view_past_the_slice() {
     let a = vec![0.0; 11]; // 3×4 needs 12
     let b = vec![0.0; 8];
     let mut c = vec![0.0; 6];
-    sgemm(3, 4, 2, &a, 4, 1, &b, 2, 1, &mut c, 2, 1, false);
+    let (a, b) = (Mat::row_major(&a, 3, 4), Mat::row_major(&b, 4, 2));
+    sgemm(a, b, MatMut::row_major(&mut c, 3, 2), false);
 }
 
 #[test]
@@ -515,21 +510,11 @@ fn rejects_overflowing_strides() {
     let a = vec![0.0; 4];
     let b = vec![0.0; 4];
     let mut c = vec![0.0; 4];
-    sgemm(
-        2,
-        2,
-        2,
-        &a,
-        usize::MAX / 2,
-        1,
-        &b,
-        2,
-        1,
-        &mut c,
-        2,
-        1,
-        false,
+    let (a, b) = (
+        Mat::rows_strided(&a, 2, 2, usize::MAX / 2),
+        Mat::row_major(&b, 2, 2),
     );
+    sgemm(a, b, MatMut::row_major(&mut c, 2, 2), false);
 }
 
 /// `gemm_bias` is bit for bit "fill C's rows with the bias, then accumulate"
@@ -560,9 +545,10 @@ fn bias_epilogue_equals_fill_then_accumulate() {
                 for i in 0..m {
                     want[i * rsc..i * rsc + n].copy_from_slice(&bias);
                 }
-                kern.gemm(m, k, n, &a, rsa, csa, &b, rsb, csb, &mut want, rsc, 1, true);
+                let (a, b) = (Mat::new(&a, m, k, rsa, csa), Mat::new(&b, k, n, rsb, csb));
+                kern.gemm(a, b, MatMut::rows_strided(&mut want, m, n, rsc), true);
                 let mut got = garbage.clone();
-                kern.gemm_bias(m, k, n, &a, rsa, csa, &b, rsb, csb, &bias, &mut got, rsc);
+                kern.gemm_bias(a, b, &bias, MatMut::rows_strided(&mut got, m, n, rsc));
                 for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(
                         g.to_bits(),
@@ -582,7 +568,6 @@ fn bias_epilogue_equals_fill_then_accumulate() {
 /// with A row-major or transposed and B row-major or transposed.
 #[test]
 fn product_epilogue_equals_gemm_then_product() {
-    use cllm_core::kernels::Kernels;
     for kern in kernels() {
         for &(m, k, n, pad) in &[
             (1, 1, 1, 0),
@@ -607,9 +592,14 @@ fn product_epilogue_equals_gemm_then_product() {
                     kern.describe()
                 );
 
+                let (a, b) = (Mat::new(&a, m, k, rsa, csa), Mat::new(&b, k, n, rsb, csb));
                 let mut want = vec![sentinel; len];
                 Kernels::gemm(
-                    &kern, m, k, n, &a, rsa, csa, &b, rsb, csb, &mut want, rsc, 1, false,
+                    &kern,
+                    a,
+                    b,
+                    MatMut::rows_strided(&mut want, m, n, rsc),
+                    false,
                 );
                 for i in 0..m {
                     for j in 0..n {
@@ -617,7 +607,7 @@ fn product_epilogue_equals_gemm_then_product() {
                     }
                 }
                 let mut c = vec![sentinel; len];
-                kern.gemm_mul(m, k, n, &a, rsa, csa, &b, rsb, csb, &f[..len], &mut c, rsc);
+                kern.gemm_mul(a, b, &f[..len], MatMut::rows_strided(&mut c, m, n, rsc));
                 let bad = c
                     .iter()
                     .zip(&want)

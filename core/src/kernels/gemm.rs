@@ -13,9 +13,10 @@
 //! in L1; within a panel, a 4-row × 4-deep micro-kernel updates four
 //! contiguous rows of `C` per pass over four contiguous rows of `B`, so each
 //! lane `j` is an independent chain that LLVM vectorises. When `B`'s rows are
-//! not contiguous (`csb != 1`, e.g. a transposed weight), the panel is first
+//! not contiguous (`b.cs != 1`, e.g. a transposed weight), the panel is first
 //! packed into a small stack buffer.
 
+use super::{product_dims, Mat, MatMut};
 use crate::real::Real;
 
 /// Columns of `C` (and of the packed `B` panel) per block.
@@ -36,38 +37,25 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
 }
 
 /// `C = A·B` or `C += A·B`; see [`crate::kernels::Kernels::gemm`] for the
-/// argument convention and the module docs for the summation order.
+/// views and the module docs for the summation order.
 ///
 /// # Panics
-/// If a slice is shorter than its sizes and strides need, or if `C`'s rows
-/// overlap (`m > 1`, `csc == 1`, `rsc < n`).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm<R: Real>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[R],
-    rsa: usize,
-    csa: usize,
-    b: &[R],
-    rsb: usize,
-    csb: usize,
-    c: &mut [R],
-    rsc: usize,
-    csc: usize,
-    accumulate: bool,
-) {
+/// If the shapes do not agree, if a slice is shorter than its view needs, or
+/// if `C`'s rows overlap (`m > 1`, `c.cs == 1`, `c.rs < n`).
+pub fn gemm<R: Real>(a: Mat<'_, R>, b: Mat<'_, R>, c: MatMut<'_, R>, accumulate: bool) {
+    let (m, k, n) = product_dims("gemm", &a, &b, &c);
+    let (rsc, csc) = (c.rs, c.cs);
     let (na, nb, nc) = (
-        span(m, k, rsa, csa),
-        span(k, n, rsb, csb),
+        span(m, k, a.rs, a.cs),
+        span(k, n, b.rs, b.cs),
         span(m, n, rsc, csc),
     );
     assert!(
-        na.is_some_and(|x| x <= a.len()) && nb.is_some_and(|x| x <= b.len()) && nc.is_some_and(|x| x <= c.len()),
+        na.is_some_and(|x| x <= a.data.len()) && nb.is_some_and(|x| x <= b.data.len()) && nc.is_some_and(|x| x <= c.data.len()),
         "gemm {m}x{k}x{n}: A needs {na:?} (has {}), B needs {nb:?} (has {}), C needs {nc:?} (has {})",
-        a.len(),
-        b.len(),
-        c.len()
+        a.data.len(),
+        b.data.len(),
+        c.data.len()
     );
     assert!(
         !(m > 1 && csc == 1 && rsc < n),
@@ -79,10 +67,10 @@ pub fn gemm<R: Real>(
     if !accumulate {
         for i in 0..m {
             if csc == 1 {
-                c[i * rsc..i * rsc + n].fill(R::ZERO);
+                c.data[i * rsc..i * rsc + n].fill(R::ZERO);
             } else {
                 for j in 0..n {
-                    c[i * rsc + j * csc] = R::ZERO;
+                    c.data[i * rsc + j * csc] = R::ZERO;
                 }
             }
         }
@@ -91,7 +79,7 @@ pub fn gemm<R: Real>(
         return;
     }
     if csc != 1 {
-        strided(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc);
+        strided(a, b, c);
         return;
     }
     let mut jc = 0;
@@ -107,10 +95,10 @@ pub fn gemm<R: Real>(
                 pc,
                 jc,
             };
-            if csb == 1 {
-                panel(&blk, a, rsa, csa, &b[pc * rsb + jc..], rsb, c, rsc);
+            if b.cs == 1 {
+                panel(&blk, a, &b.data[pc * b.rs + jc..], b.rs, c.data, rsc);
             } else {
-                packed_panel(&blk, a, rsa, csa, b, rsb, csb, c, rsc);
+                packed_panel(&blk, a, b, c.data, rsc);
             }
             pc += kb;
         }
@@ -132,18 +120,13 @@ struct Block {
 /// (row stride `nb`), then runs the panel. Kept out of line so callers with
 /// contiguous `B` do not reserve the buffer's stack.
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn packed_panel<R: Real>(
-    blk: &Block,
-    a: &[R],
-    rsa: usize,
-    csa: usize,
-    b: &[R],
-    rsb: usize,
-    csb: usize,
-    c: &mut [R],
-    rsc: usize,
-) {
+fn packed_panel<R: Real>(blk: &Block, a: Mat<'_, R>, b: Mat<'_, R>, c: &mut [R], rsc: usize) {
+    let Mat {
+        data: b,
+        rs: rsb,
+        cs: csb,
+        ..
+    } = b;
     let mut buf = [R::ZERO; KC * NC];
     let (kb, nb) = (blk.kb, blk.nb);
     for j in 0..nb {
@@ -152,24 +135,20 @@ fn packed_panel<R: Real>(
             buf[p * nb + j] = b[col + p * rsb];
         }
     }
-    panel(blk, a, rsa, csa, &buf, nb, c, rsc);
+    panel(blk, a, &buf, nb, c, rsc);
 }
 
 /// `C[:, jc..jc+nb] += A[:, pc..pc+kb] · Bblk` where row `p` of `Bblk` is
 /// `bp[p*ldb .. p*ldb+nb]`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn panel<R: Real>(
-    blk: &Block,
-    a: &[R],
-    rsa: usize,
-    csa: usize,
-    bp: &[R],
-    ldb: usize,
-    c: &mut [R],
-    rsc: usize,
-) {
+fn panel<R: Real>(blk: &Block, a: Mat<'_, R>, bp: &[R], ldb: usize, c: &mut [R], rsc: usize) {
     let Block { m, kb, nb, pc, jc } = *blk;
+    let Mat {
+        data: a,
+        rs: rsa,
+        cs: csa,
+        ..
+    } = a;
     let brow = |p: usize| &bp[p * ldb..p * ldb + nb];
     let mut i = 0;
     // Four rows at a time share each load of B; needs disjoint rows (m >= 4
@@ -237,21 +216,26 @@ fn panel<R: Real>(
 
 /// Element-at-a-time fallback for a `C` with non-unit column stride (the
 /// model never asks for one); same summation order.
-#[allow(clippy::too_many_arguments)]
-fn strided<R: Real>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[R],
-    rsa: usize,
-    csa: usize,
-    b: &[R],
-    rsb: usize,
-    csb: usize,
-    c: &mut [R],
-    rsc: usize,
-    csc: usize,
-) {
+fn strided<R: Real>(a: Mat<'_, R>, b: Mat<'_, R>, c: MatMut<'_, R>) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let Mat {
+        data: a,
+        rs: rsa,
+        cs: csa,
+        ..
+    } = a;
+    let Mat {
+        data: b,
+        rs: rsb,
+        cs: csb,
+        ..
+    } = b;
+    let MatMut {
+        data: c,
+        rs: rsc,
+        cs: csc,
+        ..
+    } = c;
     for i in 0..m {
         for j in 0..n {
             let mut acc = c[i * rsc + j * csc];
@@ -271,26 +255,15 @@ mod tests {
     use std::vec::Vec;
 
     /// The defining loop: the portable gemm must equal it bit for bit.
-    #[allow(clippy::too_many_arguments)]
-    fn naive(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        (rsa, csa): (usize, usize),
-        b: &[f32],
-        (rsb, csb): (usize, usize),
-        c: &mut [f32],
-        (rsc, csc): (usize, usize),
-        acc: bool,
-    ) {
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = if acc { c[i * rsc + j * csc] } else { 0.0 };
-                for p in 0..k {
-                    s += a[i * rsa + p * csa] * b[p * rsb + j * csb];
+    fn naive(a: Mat<f32>, b: Mat<f32>, c: MatMut<f32>, acc: bool) {
+        let at = |i: usize, j: usize| i * c.rs + j * c.cs;
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let mut s = if acc { c.data[at(i, j)] } else { 0.0 };
+                for p in 0..a.cols {
+                    s += a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs];
                 }
-                c[i * rsc + j * csc] = s;
+                c.data[at(i, j)] = s;
             }
         }
     }
@@ -324,10 +297,10 @@ mod tests {
                             let b = rand_vec(&mut r, k * n);
                             let c0 = rand_vec(&mut r, m * n);
                             let (mut c1, mut c2) = (c0.clone(), c0.clone());
-                            gemm(
-                                m, k, n, &a, sa.0, sa.1, &b, sb.0, sb.1, &mut c1, sc.0, sc.1, acc,
-                            );
-                            naive(m, k, n, &a, sa, &b, sb, &mut c2, sc, acc);
+                            let av = Mat::new(&a, m, k, sa.0, sa.1);
+                            let bv = Mat::new(&b, k, n, sb.0, sb.1);
+                            gemm(av, bv, MatMut::new(&mut c1, m, n, sc.0, sc.1), acc);
+                            naive(av, bv, MatMut::new(&mut c2, m, n, sc.0, sc.1), acc);
                             let same = c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits());
                             assert!(same, "m{m} k{k} n{n} ta{ta} tb{tb} tc{tc} acc{acc}");
                         }
@@ -344,10 +317,17 @@ mod tests {
         let a = rand_vec(&mut r, m * k);
         let b = rand_vec(&mut r, k * n);
         let mut full = std::vec![0.0f32; m * n];
-        gemm(m, k, n, &a, k, 1, &b, n, 1, &mut full, n, 1, false);
+        let bv = Mat::row_major(&b, k, n);
+        gemm(
+            Mat::row_major(&a, m, k),
+            bv,
+            MatMut::row_major(&mut full, m, n),
+            false,
+        );
         for i in 0..m {
             let mut one = std::vec![0.0f32; n];
-            gemm(1, k, n, &a[i * k..], k, 1, &b, n, 1, &mut one, n, 1, false);
+            let ai = Mat::row_major(&a[i * k..], 1, k);
+            gemm(ai, bv, MatMut::row_major(&mut one, 1, n), false);
             assert!(one
                 .iter()
                 .zip(&full[i * n..])
@@ -357,21 +337,28 @@ mod tests {
 
     #[test]
     fn degenerate_sizes() {
+        let (a, b) = (Mat::new(&[], 2, 0, 0, 0), Mat::new(&[], 0, 2, 0, 0));
         let mut c = [5.0f32; 4];
-        gemm(2, 0, 2, &[], 0, 0, &[], 0, 0, &mut c, 2, 1, false);
+        gemm(a, b, MatMut::row_major(&mut c, 2, 2), false);
         assert_eq!(c, [0.0; 4]);
         let mut c = [5.0f32; 4];
-        gemm(2, 0, 2, &[], 0, 0, &[], 0, 0, &mut c, 2, 1, true);
+        gemm(a, b, MatMut::row_major(&mut c, 2, 2), true);
         assert_eq!(c, [5.0; 4]);
-        gemm::<f32>(0, 3, 2, &[], 0, 0, &[0.0; 6], 2, 1, &mut [], 0, 1, false);
+        let (a, b) = (
+            Mat::new(&[], 0, 3, 0, 0),
+            Mat::row_major(&[0.0f32; 6], 3, 2),
+        );
+        gemm(a, b, MatMut::new(&mut [], 0, 2, 0, 1), false);
     }
 
     #[test]
     #[should_panic(expected = "gemm 2x3x2")]
     fn short_slice_panics_with_sizes() {
         let mut c = [0.0f32; 4];
-        gemm(
-            2, 3, 2, &[1.0; 5], 3, 1, &[1.0; 6], 2, 1, &mut c, 2, 1, false,
+        let (a, b) = (
+            Mat::row_major(&[1.0; 5], 2, 3),
+            Mat::row_major(&[1.0; 6], 3, 2),
         );
+        gemm(a, b, MatMut::row_major(&mut c, 2, 2), false);
     }
 }

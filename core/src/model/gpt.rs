@@ -2,7 +2,7 @@
 
 use core::ops::Range;
 
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Mat, MatMut};
 use crate::real::Real;
 
 use super::config::{GptConfig, LN_EPS};
@@ -120,21 +120,9 @@ pub fn forward<R: Real, K: Kernels<R>>(
         R::from_f64(LN_EPS),
     );
     // logits = ln_f(x) · headᵀ, the head being wte (tied) or lm_head.
-    k.gemm(
-        bt,
-        c,
-        v,
-        w.s_ln,
-        c,
-        1,
-        p.head(),
-        1,
-        c,
-        w.logits,
-        v,
-        1,
-        false,
-    );
+    let head = Mat::row_major(p.head(), v, c);
+    let ln = Mat::row_major(w.s_ln, bt, c);
+    k.gemm(ln, head.t(), MatMut::row_major(w.logits, bt, v), false);
 
     match targets {
         Some(targets) => {
@@ -374,15 +362,18 @@ fn backward_with<R: Real, K: Kernels<R>, S: GradSink<R> + ?Sized>(
     let x = last_output(&sizes, w.layers, w.recompute);
     k.layernorm_forward(w.s_ln, w.lnf_mean, w.lnf_rstd, x, p.lnf_w, p.lnf_b, eps);
     let dlnf = &mut w.s_a[..bt * c];
-    k.gemm(bt, v, c, w.logits, v, 1, p.head(), c, 1, dlnf, c, 1, false);
+    let (dlogits, head) = (
+        Mat::row_major(w.logits, bt, v),
+        Mat::row_major(p.head(), v, c),
+    );
+    k.gemm(dlogits, head, MatMut::row_major(dlnf, bt, c), false);
     let dhead = sink.stage(if cfg.untied_head {
         lnf + 2 * c..total
     } else {
         0..wte_len
     });
-    k.gemm(
-        v, bt, c, w.logits, 1, v, w.s_ln, c, 1, dhead, c, 1, accumulate,
-    );
+    let ln = Mat::row_major(w.s_ln, bt, c);
+    k.gemm(dlogits.t(), ln, MatMut::row_major(dhead, v, c), accumulate);
     let (dlnf_w, dlnf_b) = sink.stage(lnf..lnf + 2 * c).split_at_mut(c);
     if !accumulate {
         dlnf_w.fill(R::ZERO);

@@ -6,7 +6,7 @@
 //! (same gemm row order, same LayerNorm, softmax and GELU code), so with the
 //! portable kernels its logits equal the full forward pass's bit for bit.
 
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Mat, MatMut};
 use crate::real::Real;
 
 use super::config::{GptConfig, LN_EPS};
@@ -75,37 +75,13 @@ pub fn forward_cached<R: Real, K: Kernels<R>>(
         vc[pos * c..(pos + 1) * c].copy_from_slice(&qkv[2 * c..]);
         for h in 0..nh {
             let row = &mut att[..pos + 1];
-            k.gemm(
-                1,
-                hd,
-                pos + 1,
-                &qkv[h * hd..],
-                0,
-                1,
-                &kc[h * hd..],
-                1,
-                c,
-                row,
-                0,
-                1,
-                false,
-            );
+            let keys = Mat::rows_strided(&kc[h * hd..], pos + 1, hd, c);
+            let q = Mat::row(&qkv[h * hd..], hd);
+            k.gemm(q, keys.t(), MatMut::row(row, pos + 1), false);
             causal_softmax_row(k, row, pos, scale);
-            k.gemm(
-                1,
-                pos + 1,
-                hd,
-                row,
-                0,
-                1,
-                &vc[h * hd..],
-                c,
-                1,
-                &mut atty[h * hd..],
-                0,
-                1,
-                false,
-            );
+            let values = Mat::rows_strided(&vc[h * hd..], pos + 1, hd, c);
+            let y = MatMut::row(&mut atty[h * hd..], hd);
+            k.gemm(Mat::row(row, pos + 1), values, y, false);
         }
         matmul_forward(k, ln, atty, lp.proj_w, lp.proj_b, 1, c, c);
         k.add(xm, x, ln);
@@ -117,6 +93,7 @@ pub fn forward_cached<R: Real, K: Kernels<R>>(
         k.add(x, xm, ln);
     }
     k.layernorm_forward(ln, mean, rstd, x, p.lnf_w, p.lnf_b, eps);
-    k.gemm(1, c, v, ln, 0, 1, p.head(), 1, c, logits_out, 0, 1, false);
+    let head = Mat::row_major(p.head(), v, c);
+    k.gemm(Mat::row(ln, c), head.t(), MatMut::row(logits_out, v), false);
     Ok(())
 }

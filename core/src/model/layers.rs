@@ -7,7 +7,7 @@
 //! the residual-stream gradient, and *overwrite* the activation gradients
 //! they produce (so those scratch buffers need no zeroing).
 
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Mat, MatMut};
 use crate::real::Real;
 
 /// Rows of attention scores computed per `gemm` call: the causal mask wastes
@@ -67,7 +67,8 @@ pub(crate) fn matmul_forward<R: Real, K: Kernels<R>>(
     ic: usize,
     oc: usize,
 ) {
-    k.gemm_bias(rows, ic, oc, inp, ic, 1, w, oc, 1, bias, out, oc);
+    let (inp, w) = (Mat::row_major(inp, rows, ic), Mat::row_major(w, ic, oc));
+    k.gemm_bias(inp, w, bias, MatMut::row_major(out, rows, oc));
 }
 
 /// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten; times
@@ -89,12 +90,15 @@ pub(crate) fn matmul_backward<R: Real, K: Kernels<R>>(
     accumulate: bool,
     dinp_factor: Option<&[R]>,
 ) {
+    let (dout_m, w) = (Mat::row_major(dout, rows, oc), Mat::row_major(w, ic, oc));
+    let dinp = MatMut::row_major(dinp, rows, ic);
     // wᵀ is w read with swapped strides.
     match dinp_factor {
-        Some(f) => k.gemm_mul(rows, oc, ic, dout, oc, 1, w, 1, oc, f, dinp, ic),
-        None => k.gemm(rows, oc, ic, dout, oc, 1, w, 1, oc, dinp, ic, 1, false),
+        Some(f) => k.gemm_mul(dout_m, w.t(), f, dinp),
+        None => k.gemm(dout_m, w.t(), dinp, false),
     }
-    k.gemm(ic, rows, oc, inp, 1, ic, dout, oc, 1, dw, oc, 1, accumulate);
+    let (inp, dw) = (Mat::row_major(inp, rows, ic), MatMut::row_major(dw, ic, oc));
+    k.gemm(inp.t(), dout_m, dw, accumulate);
     k.add_rows(dbias, &dout[..rows * oc]);
 }
 
@@ -151,19 +155,11 @@ pub(crate) fn attention_forward<R: Real, K: Kernels<R>>(
             head_probs(k, p, qkv, q0, t, c, hd);
             // Y = P·V over each block's live columns.
             for (i0, i1) in row_blocks(t) {
+                let rows = i1 - i0;
                 k.gemm(
-                    i1 - i0,
-                    i1,
-                    hd,
-                    &p[i0 * t..],
-                    t,
-                    1,
-                    &qkv[v0..],
-                    c3,
-                    1,
-                    &mut atty[y0 + i0 * c..],
-                    c,
-                    1,
+                    Mat::rows_strided(&p[i0 * t..], rows, i1, t),
+                    Mat::rows_strided(&qkv[v0..], i1, hd, c3),
+                    MatMut::rows_strided(&mut atty[y0 + i0 * c..], rows, hd, c),
                     false,
                 );
             }
@@ -188,19 +184,11 @@ fn head_probs<R: Real, K: Kernels<R>>(
     let c3 = 3 * c;
     let k0 = q0 + c;
     for (i0, i1) in row_blocks(t) {
+        let rows = i1 - i0;
         k.gemm(
-            i1 - i0,
-            hd,
-            i1,
-            &qkv[q0 + i0 * c3..],
-            c3,
-            1,
-            &qkv[k0..],
-            1,
-            c3,
-            &mut p[i0 * t..],
-            t,
-            1,
+            Mat::rows_strided(&qkv[q0 + i0 * c3..], rows, hd, c3),
+            Mat::rows_strided(&qkv[k0..], i1, hd, c3).t(),
+            MatMut::rows_strided(&mut p[i0 * t..], rows, i1, t),
             false,
         );
     }
@@ -249,19 +237,11 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
             let y0 = bi * t * c + h * hd;
             // dP[t,s] = dy_t · v_s, for s ≤ t (and up to the block edge).
             for (i0, i1) in row_blocks(t) {
+                let rows = i1 - i0;
                 k.gemm(
-                    i1 - i0,
-                    hd,
-                    i1,
-                    &datty[y0 + i0 * c..],
-                    c,
-                    1,
-                    &qkv[v0..],
-                    1,
-                    c3,
-                    &mut dpre[i0 * t..],
-                    t,
-                    1,
+                    Mat::rows_strided(&datty[y0 + i0 * c..], rows, hd, c),
+                    Mat::rows_strided(&qkv[v0..], i1, hd, c3).t(),
+                    MatMut::rows_strided(&mut dpre[i0 * t..], rows, i1, t),
                     false,
                 );
             }
@@ -270,53 +250,28 @@ pub(crate) fn attention_backward<R: Real, K: Kernels<R>>(
             k.causal_softmax_backward(dpre, p, t, scale);
             // dq_t = Σ_{s≤t} dS[t,s]·k_s.
             for (i0, i1) in row_blocks(t) {
+                let rows = i1 - i0;
                 k.gemm(
-                    i1 - i0,
-                    i1,
-                    hd,
-                    &dpre[i0 * t..],
-                    t,
-                    1,
-                    &qkv[k0..],
-                    c3,
-                    1,
-                    &mut dqkv[q0 + i0 * c3..],
-                    c3,
-                    1,
+                    Mat::rows_strided(&dpre[i0 * t..], rows, i1, t),
+                    Mat::rows_strided(&qkv[k0..], i1, hd, c3),
+                    MatMut::rows_strided(&mut dqkv[q0 + i0 * c3..], rows, hd, c3),
                     false,
                 );
             }
             // dk_s = Σ_{t≥s} dS[t,s]·q_t and dv_s = Σ_{t≥s} P[t,s]·dy_t: for a
             // block of columns s, dSᵀ (or Pᵀ) from the block's first row down.
             for (j0, j1) in row_blocks(t) {
+                let (cols, below) = (j1 - j0, t - j0);
                 k.gemm(
-                    j1 - j0,
-                    t - j0,
-                    hd,
-                    &dpre[j0 * t + j0..],
-                    1,
-                    t,
-                    &qkv[q0 + j0 * c3..],
-                    c3,
-                    1,
-                    &mut dqkv[k0 + j0 * c3..],
-                    c3,
-                    1,
+                    Mat::rows_strided(&dpre[j0 * t + j0..], below, cols, t).t(),
+                    Mat::rows_strided(&qkv[q0 + j0 * c3..], below, hd, c3),
+                    MatMut::rows_strided(&mut dqkv[k0 + j0 * c3..], cols, hd, c3),
                     false,
                 );
                 k.gemm(
-                    j1 - j0,
-                    t - j0,
-                    hd,
-                    &p[j0 * t + j0..],
-                    1,
-                    t,
-                    &datty[y0 + j0 * c..],
-                    c,
-                    1,
-                    &mut dqkv[v0 + j0 * c3..],
-                    c3,
-                    1,
+                    Mat::rows_strided(&p[j0 * t + j0..], below, cols, t).t(),
+                    Mat::rows_strided(&datty[y0 + j0 * c..], below, hd, c),
+                    MatMut::rows_strided(&mut dqkv[v0 + j0 * c3..], cols, hd, c3),
                     false,
                 );
             }

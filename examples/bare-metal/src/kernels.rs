@@ -1,10 +1,10 @@
 //! The kernel set the firmware trains with.
 
-use cllm_core::kernels::{gemm, Kernels};
+use cllm_core::kernels::{gemm, product_dims, Kernels, Mat, MatMut};
 
 /// cllm-core's portable kernels, except that `gemm` never packs `B`.
 ///
-/// The portable gemm copies a non-contiguous `B` block (`csb != 1`) into a
+/// The portable gemm copies a non-contiguous `B` block (`b.cs != 1`) into a
 /// `KC × NC` f32 stack buffer (8 KiB) so its micro-kernel can stream rows.
 /// The model asks for such operands on every step (the tied head `wteᵀ`,
 /// `Kᵀ` in attention, `wᵀ` in each matmul backward), so with the portable
@@ -20,38 +20,23 @@ use cllm_core::kernels::{gemm, Kernels};
 pub struct Unpacked;
 
 impl Kernels<f32> for Unpacked {
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rsa: usize,
-        csa: usize,
-        b: &[f32],
-        rsb: usize,
-        csb: usize,
-        c: &mut [f32],
-        rsc: usize,
-        csc: usize,
-        accumulate: bool,
-    ) {
-        if csb == 1 {
+    fn gemm(&self, a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
+        if b.cs == 1 {
             // Contiguous rows of B: the portable gemm does not pack them.
-            gemm::gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate);
+            gemm::gemm(a, b, c, accumulate);
             return;
         }
+        let (m, k, n) = product_dims("gemm", &a, &b, &c);
         for i in 0..m {
             for j in 0..n {
-                let at = i * rsc + j * csc;
+                let at = i * c.rs + j * c.cs;
                 // The portable gemm zero-fills C first when not accumulating;
                 // starting from +0.0 keeps the same bits (including -0.0 cases).
-                let mut s = if accumulate { c[at] } else { 0.0 };
+                let mut s = if accumulate { c.data[at] } else { 0.0 };
                 for p in 0..k {
-                    s += a[i * rsa + p * csa] * b[p * rsb + j * csb];
+                    s += a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs];
                 }
-                c[at] = s;
+                c.data[at] = s;
             }
         }
     }

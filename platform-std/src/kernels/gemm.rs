@@ -17,6 +17,7 @@
 
 use super::dispatch::Ops;
 use super::Isa;
+use cllm_core::kernels::{assert_row_major, product_dims, Mat, MatMut};
 use std::cell::RefCell;
 
 /// Reduction steps per packed block: the A micro-panel (MR×KC floats) must
@@ -110,7 +111,15 @@ fn max_index(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
         .checked_add((cols - 1).checked_mul(cs)?)
 }
 
-fn check_view(name: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
+fn check_view(name: &str, v: &Mat<'_, f32>) {
+    let Mat {
+        data,
+        rows,
+        cols,
+        rs,
+        cs,
+    } = *v;
+    let len = data.len();
     match max_index(rows, cols, rs, cs) {
         Some(last) if last < len => {}
         _ => panic!(
@@ -121,34 +130,26 @@ fn check_view(name: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: u
 
 /// [`super::sgemm`] on an explicit instruction set.
 ///
-/// Panics if a view does not fit its slice or if `isa` is not supported by
-/// this CPU (the check is one cached CPUID lookup, negligible next to a GEMM).
-#[allow(clippy::too_many_arguments)]
+/// Panics if the shapes do not agree, if a view does not fit its slice, or if
+/// `isa` is not supported by this CPU (the check is one cached CPUID lookup,
+/// negligible next to a GEMM).
 pub fn sgemm_with(
     isa: Isa,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
-    c: &mut [f32],
-    rsc: usize,
-    csc: usize,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    c: MatMut<'_, f32>,
     accumulate: bool,
 ) {
+    let (m, k, n) = product_dims("gemm", &a, &b, &c);
     if m == 0 || n == 0 {
         return;
     }
-    check_view("C", c.len(), m, n, rsc, csc);
+    check_view("C", &c.as_mat());
     if k == 0 {
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    c[i * rsc + j * csc] = 0.0;
+                    c.data[i * c.rs + j * c.cs] = 0.0;
                 }
             }
         }
@@ -156,30 +157,13 @@ pub fn sgemm_with(
     }
     // Column-major C: compute Cᵀ = Bᵀ·Aᵀ so the kernel's vector stores run
     // along contiguous memory.
-    let (m, n, a, rsa, csa, b, rsb, csb, rsc, csc) = if csc != 1 && rsc == 1 {
-        (n, m, b, csb, rsb, a, csa, rsa, csc, rsc)
+    let (a, b, c) = if c.cs != 1 && c.rs == 1 {
+        (b.t(), a.t(), c.t())
     } else {
-        (m, n, a, rsa, csa, b, rsb, csb, rsc, csc)
+        (a, b, c)
     };
     let bias = std::ptr::null();
-    run_checked(
-        isa,
-        m,
-        k,
-        n,
-        a,
-        rsa,
-        csa,
-        b,
-        rsb,
-        csb,
-        c,
-        rsc,
-        csc,
-        accumulate,
-        bias,
-        Epilogue::None,
-    );
+    run_checked(isa, a, b, c, accumulate, bias, Epilogue::None);
 }
 
 /// Whether the SIMD driver can produce a row-major C itself, adding a bias or
@@ -190,29 +174,23 @@ fn kernel_writes_row_major(isa: Isa, m: usize, k: usize, n: usize, rsc: usize) -
     isa != Isa::Scalar && k > 0 && (m == 1 || rsc >= n)
 }
 
-/// `C[m×n] = bias + A·B` with `bias` (`n` floats) added to every row of a
-/// row-major C (`csc = 1`). Bit for bit the same as filling each row of C
+/// `C = bias + A·B` with `bias` (`n` floats) added to every row of a
+/// row-major C (`c.cs == 1`). Bit for bit the same as filling each row of C
 /// with `bias` and calling [`sgemm_with`] with `accumulate`, without the
 /// extra pass over C: the SIMD kernels add the bias as they store the first
 /// block of each tile.
 ///
-/// Panics as [`sgemm_with`] does, or if `bias` is shorter than `n`.
-#[allow(clippy::too_many_arguments)]
+/// Panics as [`sgemm_with`] does, or if `c.cs != 1` or `bias` is shorter
+/// than `n`.
 pub fn sgemm_bias_with(
     isa: Isa,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
     bias: &[f32],
-    c: &mut [f32],
-    rsc: usize,
+    c: MatMut<'_, f32>,
 ) {
+    let (m, k, n) = product_dims("gemm_bias", &a, &b, &c);
+    assert_row_major("gemm_bias", &c);
     assert!(
         bias.len() >= n,
         "gemm: bias of {} for {n} columns",
@@ -221,32 +199,16 @@ pub fn sgemm_bias_with(
     if m == 0 || n == 0 {
         return;
     }
-    check_view("C", c.len(), m, n, rsc, 1);
+    check_view("C", &c.as_mat());
+    let rsc = c.rs;
     if !kernel_writes_row_major(isa, m, k, n, rsc) {
         for i in 0..m {
-            c[i * rsc..i * rsc + n].copy_from_slice(&bias[..n]);
+            c.data[i * rsc..i * rsc + n].copy_from_slice(&bias[..n]);
         }
-        return sgemm_with(isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, true);
+        return sgemm_with(isa, a, b, c, true);
     }
     let bias = bias.as_ptr();
-    run_checked(
-        isa,
-        m,
-        k,
-        n,
-        a,
-        rsa,
-        csa,
-        b,
-        rsb,
-        csb,
-        c,
-        rsc,
-        1,
-        false,
-        bias,
-        Epilogue::None,
-    );
+    run_checked(isa, a, b, c, false, bias, Epilogue::None);
 }
 
 /// What [`drive`] does to each finished strip of a row-major C (the rows of
@@ -294,88 +256,71 @@ impl Epilogue {
     }
 }
 
-/// `C[m×n] = (A·B) ∘ F` for a row-major C (`F` is `m×n` with C's row
-/// stride), not accumulating. Bit for bit [`sgemm_with`] followed by the
+/// `C = (A·B) ∘ F` for a row-major C (`c.cs == 1`; `F` is `m×n` with C's
+/// row stride), not accumulating. Bit for bit [`sgemm_with`] followed by the
 /// elementwise product on the same ISA; the SIMD paths multiply each strip
 /// of C while it is in cache.
 ///
-/// Panics as [`sgemm_with`] does, or if `f` does not hold the view.
-#[allow(clippy::too_many_arguments)]
+/// Panics as [`sgemm_with`] does, or if `c.cs != 1` or `f` does not hold
+/// the view.
 pub(super) fn sgemm_mul_with(
     isa: Isa,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
     f: &[f32],
-    c: &mut [f32],
-    rsc: usize,
+    mut c: MatMut<'_, f32>,
 ) {
+    let (m, k, n) = product_dims("gemm_mul", &a, &b, &c);
+    assert_row_major("gemm_mul", &c);
     if m == 0 || n == 0 {
         return;
     }
-    check_view("C", c.len(), m, n, rsc, 1);
-    check_view("F", f.len(), m, n, rsc, 1);
+    let rsc = c.rs;
+    check_view("C", &c.as_mat());
+    check_view("F", &Mat::new(f, m, n, rsc, 1));
     if !kernel_writes_row_major(isa, m, k, n, rsc) {
-        sgemm_with(isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false);
+        sgemm_with(isa, a, b, c.reborrow(), false);
         let ops = Ops::of(isa);
         for i in 0..m {
             let row = i * rsc..i * rsc + n;
-            ops.mul_in_place(&mut c[row.clone()], &f[row]);
+            ops.mul_in_place(&mut c.data[row.clone()], &f[row]);
         }
         return;
     }
     let epilogue = Epilogue::Mul { f: f.as_ptr() };
     let bias = std::ptr::null();
-    run_checked(
-        isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, 1, false, bias, epilogue,
-    );
+    run_checked(isa, a, b, c, false, bias, epilogue);
 }
 
 /// Checks A, B and `isa`, then runs the blocked kernels. The caller checked
-/// C and handled `m`, `n` or `k` of zero; `bias` is null or holds `n` floats
-/// (then C is row-major and `accumulate` false).
-#[allow(clippy::too_many_arguments)]
+/// C and the shapes, and handled `m`, `n` or `k` of zero; `bias` is null or
+/// holds `n` floats (then C is row-major and `accumulate` false).
 fn run_checked(
     isa: Isa,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
-    c: &mut [f32],
-    rsc: usize,
-    csc: usize,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    c: MatMut<'_, f32>,
     accumulate: bool,
     bias: *const f32,
     epilogue: Epilogue,
 ) {
-    check_view("A", a.len(), m, k, rsa, csa);
-    check_view("B", b.len(), k, n, rsb, csb);
+    check_view("A", &a);
+    check_view("B", &b);
     let ops = Ops::of(isa);
     let args = Args {
         ops,
-        m,
-        k,
-        n,
-        a: a.as_ptr(),
-        rsa,
-        csa,
-        b: b.as_ptr(),
-        rsb,
-        csb,
-        c: c.as_mut_ptr(),
-        rsc,
-        csc,
+        m: a.rows,
+        k: a.cols,
+        n: b.cols,
+        a: a.data.as_ptr(),
+        rsa: a.rs,
+        csa: a.cs,
+        b: b.data.as_ptr(),
+        rsb: b.rs,
+        csb: b.cs,
+        c: c.data.as_mut_ptr(),
+        rsc: c.rs,
+        csc: c.cs,
         accumulate,
         bias,
         epilogue,

@@ -40,6 +40,8 @@ mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+/// The GEMM operand views, from the core (what [`sgemm`] takes).
+pub use cllm_core::kernels::{Mat, MatMut};
 pub use gemm::{sgemm_bias_with, sgemm_with};
 pub use peak::fma_peak_gflops;
 pub use simd::AdamW;
@@ -179,19 +181,19 @@ impl std::error::Error for Unsupported {}
 /// construction. Cheap to copy and `Sync`: share one across threads.
 ///
 /// ```
-/// use cllm_core::kernels::Kernels; // the operations are the core's seam
+/// use cllm_core::kernels::{Kernels, Mat, MatMut}; // the core's seam
 /// use cllm_std::kernels::{KernelChoice, SimdKernels};
 ///
 /// let k = SimdKernels::new(KernelChoice::Auto).unwrap();
 /// // C[2×2] = A[2×3]·B[3×2], all row-major.
-/// let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-/// let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+/// let a = Mat::row_major(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3);
+/// let b = Mat::row_major(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2);
 /// let mut c = [0.0; 4];
-/// k.gemm(2, 3, 2, &a, 3, 1, &b, 2, 1, &mut c, 2, 1, false);
+/// k.gemm(a, b, MatMut::row_major(&mut c, 2, 2), false);
 /// assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
-/// // The same B as a transposed view of its 2×3 transpose: rsb = 1, csb = 3.
-/// let bt = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0];
-/// k.gemm(2, 3, 2, &a, 3, 1, &bt, 1, 3, &mut c, 2, 1, true);
+/// // The same B as the transpose of its 2×3 transpose (strides 1 and 3).
+/// let bt = Mat::row_major(&[1.0, 0.0, 1.0, 0.0, 1.0, 1.0], 2, 3);
+/// k.gemm(a, bt.t(), MatMut::row_major(&mut c, 2, 2), true);
 /// assert_eq!(c, [8.0, 10.0, 20.0, 22.0]);
 /// println!("kernels: {}", k.describe());
 /// ```
@@ -309,25 +311,8 @@ impl SimdKernels {
 
 /// Single-threaded f32 GEMM on the best path for this CPU (detected once).
 /// Same contract as [`Kernels::gemm`](cllm_core::kernels::Kernels::gemm).
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
-    c: &mut [f32],
-    rsc: usize,
-    csc: usize,
-    accumulate: bool,
-) {
+pub fn sgemm(a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     let isa = *ISA.get_or_init(Isa::detect);
-    gemm::sgemm_with(
-        isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
-    );
+    gemm::sgemm_with(isa, a, b, c, accumulate);
 }

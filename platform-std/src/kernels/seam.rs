@@ -7,70 +7,25 @@
 //! AdamW, and the residual add, product and bias-gradient sums);
 //! everything else keeps the core's portable defaults.
 
-use cllm_core::kernels::{AdamWStep, Kernels};
+use cllm_core::kernels::{AdamWStep, Kernels, Mat, MatMut};
 
 use super::AdamW;
 
 use super::{gemm, SimdKernels};
 
 impl Kernels<f32> for SimdKernels {
-    fn gemm(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rsa: usize,
-        csa: usize,
-        b: &[f32],
-        rsb: usize,
-        csb: usize,
-        c: &mut [f32],
-        rsc: usize,
-        csc: usize,
-        accumulate: bool,
-    ) {
-        gemm::sgemm_with(
-            self.isa, m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc, accumulate,
-        )
+    fn gemm(&self, a: Mat<'_, f32>, b: Mat<'_, f32>, c: MatMut<'_, f32>, accumulate: bool) {
+        gemm::sgemm_with(self.isa, a, b, c, accumulate)
     }
 
-    fn gemm_bias(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rsa: usize,
-        csa: usize,
-        b: &[f32],
-        rsb: usize,
-        csb: usize,
-        bias: &[f32],
-        c: &mut [f32],
-        rsc: usize,
-    ) {
-        gemm::sgemm_bias_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, bias, c, rsc)
+    fn gemm_bias(&self, a: Mat<'_, f32>, b: Mat<'_, f32>, bias: &[f32], c: MatMut<'_, f32>) {
+        gemm::sgemm_bias_with(self.isa, a, b, bias, c)
     }
 
-    fn gemm_mul(
-        &self,
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rsa: usize,
-        csa: usize,
-        b: &[f32],
-        rsb: usize,
-        csb: usize,
-        f: &[f32],
-        c: &mut [f32],
-        rsc: usize,
-    ) {
+    fn gemm_mul(&self, a: Mat<'_, f32>, b: Mat<'_, f32>, f: &[f32], c: MatMut<'_, f32>) {
         // Each strip is multiplied as it finishes: the bits of `gemm`, then
         // the product.
-        gemm::sgemm_mul_with(self.isa, m, k, n, a, rsa, csa, b, rsb, csb, f, c, rsc)
+        gemm::sgemm_mul_with(self.isa, a, b, f, c)
     }
 
     fn gelu_forward(&self, out: &mut [f32], inp: &[f32]) {

@@ -652,7 +652,7 @@ pub(in crate::kernels) unsafe fn sgemm_amx(g: &Args) {
 mod tests {
     use super::{Bufs, BUFS, KCB, MC};
     use crate::kernels::{KernelChoice, SimdKernels};
-    use cllm_core::kernels::Kernels;
+    use cllm_core::kernels::{Kernels, Mat, MatMut};
 
     /// The packing buffers hold what one call needs and no more: A's chunk
     /// of at most `MC` rows and one B block (a size slip here once made
@@ -666,7 +666,8 @@ mod tests {
         let a = vec![0.5f32; m * k];
         let b = vec![0.25f32; k * n];
         let mut c = vec![0.0f32; m * n];
-        kern.gemm(m, k, n, &a, k, 1, &b, n, 1, &mut c, n, 1, false);
+        let (a, b) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
+        kern.gemm(a, b, MatMut::row_major(&mut c, m, n), false);
         assert_eq!(c[0], 0.125 * k as f32);
         let kt_max = KCB / 32;
         let (a_tiles, b_tiles) = BUFS.with(|b| {

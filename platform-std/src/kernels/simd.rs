@@ -651,21 +651,13 @@ unsafe fn softmax_finish<V: Vf32>(o: *mut f32, x: *const f32, n: usize, m: f32) 
 /// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn add<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
-    assert!(
-        out.len() == a.len() && a.len() == b.len(),
-        "add: lengths {} {} {}",
-        out.len(),
-        a.len(),
-        b.len()
-    );
-    let (o, x, y) = (out.as_mut_ptr(), a.as_ptr(), b.as_ptr());
-    map::<V>(
-        out.len(),
+    zip_with::<V>(
+        "add",
+        out,
+        a,
+        b,
         #[inline(always)]
-        |i, part| {
-            let s = ld::<V>(x.add(i), part, 0.0).add(ld(y.add(i), part, 0.0));
-            st(s, o.add(i), part)
-        },
+        |x, y| x.add(y),
     );
 }
 
@@ -675,9 +667,32 @@ pub(crate) unsafe fn add<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
 /// The CPU supports `V`'s instruction set.
 #[inline(always)]
 pub(crate) unsafe fn mul<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
+    zip_with::<V>(
+        "mul",
+        out,
+        a,
+        b,
+        #[inline(always)]
+        |x, y| x.mul(y),
+    );
+}
+
+/// `out[i] = op(a[i], b[i])`, a vector at a time (`what` names the caller
+/// in the length check).
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set.
+#[inline(always)]
+unsafe fn zip_with<V: Vf32>(
+    what: &str,
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    op: impl Fn(V, V) -> V,
+) {
     assert!(
         out.len() == a.len() && a.len() == b.len(),
-        "mul: lengths {} {} {}",
+        "{what}: lengths {} {} {}",
         out.len(),
         a.len(),
         b.len()
@@ -687,7 +702,7 @@ pub(crate) unsafe fn mul<V: Vf32>(out: &mut [f32], a: &[f32], b: &[f32]) {
         out.len(),
         #[inline(always)]
         |i, part| {
-            let s = ld::<V>(x.add(i), part, 0.0).mul(ld(y.add(i), part, 0.0));
+            let s = op(ld::<V>(x.add(i), part, 0.0), ld(y.add(i), part, 0.0));
             st(s, o.add(i), part)
         },
     );

@@ -30,36 +30,45 @@ pub(super) const NC: usize = 512;
 /// instead of packed (see [`drive`]).
 pub(super) const B_IN_PLACE_MAX_M: usize = 64;
 
+/// The A and B̃ operands of one micro-kernel call: step `p < kc` reads A
+/// at `a + i*a_rs + p*a_cs` for `i < MR` and B̃ at `b + p*b_rs + j` for
+/// `j < NR` (`b_rs = NR` for a packed panel).
+#[derive(Clone, Copy)]
+pub(super) struct Panels {
+    pub kc: usize,
+    pub a: *const f32,
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b: *const f32,
+    pub b_rs: usize,
+}
+
+/// The C tile of one micro-kernel call: `c + i*rsc + j*csc` for `i < mr`,
+/// `j < nr`. Adds into C when `load_c`; otherwise stores `bias[j] + ·`
+/// when `bias` is not null (only with `csc == 1`), else overwrites C.
+#[derive(Clone, Copy)]
+pub(super) struct Tile {
+    pub c: *mut f32,
+    pub rsc: usize,
+    pub csc: usize,
+    pub mr: usize,
+    pub nr: usize,
+    pub load_c: bool,
+    pub bias: *const f32,
+}
+
 /// A register-blocked MR×NR micro-kernel over packed panels.
 pub(super) trait MicroKernel {
     const MR: usize;
     const NR: usize;
-    /// `C[0..mr, 0..nr] (+)= A·B̃` over `kc` steps. Step `p` reads A at
-    /// `a + i*a_rs + p*a_cs` for `i < MR` and B at `b + p*b_rs + j` for
-    /// `j < NR` (`b_rs = NR` for a packed panel). Adds into C when `load_c`;
-    /// otherwise stores `bias[j] + ·` when `bias` is not null (only with
-    /// `csc == 1`), else overwrites C.
+    /// `C[0..mr, 0..nr] (+)= A·B̃` over `p.kc` steps (see [`Panels`] and
+    /// [`Tile`]).
     ///
     /// # Safety
-    /// The CPU supports the kernel's instruction set; the A and B reads above
-    /// are in bounds; `c + i*rsc + j*csc` is writable for `i < mr, j < nr`;
-    /// `1 ≤ mr ≤ MR`, `1 ≤ nr ≤ NR`, `kc ≥ 1`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        a_rs: usize,
-        a_cs: usize,
-        b: *const f32,
-        b_rs: usize,
-        c: *mut f32,
-        rsc: usize,
-        csc: usize,
-        mr: usize,
-        nr: usize,
-        load_c: bool,
-        bias: *const f32,
-    );
+    /// The CPU supports the kernel's instruction set; the A and B reads of
+    /// `p` are in bounds; `t`'s C is writable; `1 ≤ mr ≤ MR`, `1 ≤ nr ≤ NR`,
+    /// `kc ≥ 1`.
+    unsafe fn run(p: Panels, t: Tile);
 
     /// Packs one panel of a B stored by columns: `dst[p*NR + j] = b[j*csb + p]`
     /// for `p < kc, j < nr`, zero for `nr ≤ j < NR`.
@@ -463,7 +472,23 @@ pub(super) unsafe fn drive<K: MicroKernel>(g: &Args) {
                         g.bias.add(jc + jr)
                     };
                     K::run(
-                        kc, ap, a_rs, a_cs, bp, b_rs, c, g.rsc, g.csc, mr, nr, load_c, bias,
+                        Panels {
+                            kc,
+                            a: ap,
+                            a_rs,
+                            a_cs,
+                            b: bp,
+                            b_rs,
+                        },
+                        Tile {
+                            c,
+                            rsc: g.rsc,
+                            csc: g.csc,
+                            mr,
+                            nr,
+                            load_c,
+                            bias,
+                        },
                     );
                 }
                 if pc + kc == g.k {

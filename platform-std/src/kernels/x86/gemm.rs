@@ -6,7 +6,7 @@
 //! loads than FMAs per step (AVX-512: 8 broadcasts + 2 loads per 16 FMAs),
 //! so they are FMA-bound rather than load-bound.
 
-use super::super::gemm::{drive, pack_panel_t_scalar, Args, MicroKernel};
+use super::super::gemm::{drive, pack_panel_t_scalar, Args, MicroKernel, Panels, Tile};
 use super::lanes16;
 use std::arch::x86_64::*;
 
@@ -17,61 +17,47 @@ impl MicroKernel for Avx512Kernel {
     const NR: usize = 32;
 
     #[inline(always)]
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        a_rs: usize,
-        a_cs: usize,
-        b: *const f32,
-        b_rs: usize,
-        c: *mut f32,
-        rsc: usize,
-        csc: usize,
-        mr: usize,
-        nr: usize,
-        load_c: bool,
-        bias: *const f32,
-    ) {
+    unsafe fn run(p: Panels, t: Tile) {
         const MR: usize = Avx512Kernel::MR;
-        prefetch_c_tile(c, rsc, csc, mr, nr);
+        prefetch_c_tile(t.c, t.rsc, t.csc, t.mr, t.nr);
         // Unit row stride (packed panels, transposed views) gets its own
         // loop so the broadcasts use constant displacements.
         // A panel of at most 16 valid columns (the n tail) skips the
         // all-zero upper half of B̃.
         // Long panels prefetch B̃ ahead (+3.6 % on the small model's step,
         // `bench/ab_pair.py`); short ones (attention, k ≤ 64) lost by it.
-        let acc = match (a_rs == 1, nr <= 16, kc >= PF_MIN_KC) {
-            (true, false, true) => product_512::<MR, 2, true, true>(kc, a, 1, a_cs, b, b_rs),
-            (false, false, true) => product_512::<MR, 2, false, true>(kc, a, a_rs, a_cs, b, b_rs),
-            (true, true, true) => product_512::<MR, 1, true, true>(kc, a, 1, a_cs, b, b_rs),
-            (false, true, true) => product_512::<MR, 1, false, true>(kc, a, a_rs, a_cs, b, b_rs),
-            (true, false, false) => product_512::<MR, 2, true, false>(kc, a, 1, a_cs, b, b_rs),
-            (false, false, false) => product_512::<MR, 2, false, false>(kc, a, a_rs, a_cs, b, b_rs),
-            (true, true, false) => product_512::<MR, 1, true, false>(kc, a, 1, a_cs, b, b_rs),
-            (false, true, false) => product_512::<MR, 1, false, false>(kc, a, a_rs, a_cs, b, b_rs),
+        let acc = match (p.a_rs == 1, t.nr <= 16, p.kc >= PF_MIN_KC) {
+            (true, false, true) => product_512::<MR, 2, true, true>(p),
+            (false, false, true) => product_512::<MR, 2, false, true>(p),
+            (true, true, true) => product_512::<MR, 1, true, true>(p),
+            (false, true, true) => product_512::<MR, 1, false, true>(p),
+            (true, false, false) => product_512::<MR, 2, true, false>(p),
+            (false, false, false) => product_512::<MR, 2, false, false>(p),
+            (true, true, false) => product_512::<MR, 1, true, false>(p),
+            (false, true, false) => product_512::<MR, 1, false, false>(p),
         };
-        if csc == 1 {
-            let (m0, m1) = (lanes16(nr), lanes16(nr.saturating_sub(16)));
-            for (i, row) in acc.iter().enumerate().take(mr) {
-                let p = c.add(i * rsc);
+        if t.csc == 1 {
+            let (m0, m1) = (lanes16(t.nr), lanes16(t.nr.saturating_sub(16)));
+            for (i, row) in acc.iter().enumerate().take(t.mr) {
+                let p = t.c.add(i * t.rsc);
                 let (mut v0, mut v1) = (row[0], row[1]);
-                if load_c {
+                if t.load_c {
                     v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, p), v0);
                     v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, p.add(16)), v1);
-                } else if !bias.is_null() {
-                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, bias), v0);
-                    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, bias.add(16)), v1);
+                } else if !t.bias.is_null() {
+                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, t.bias), v0);
+                    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, t.bias.add(16)), v1);
                 }
                 _mm512_mask_storeu_ps(p, m0, v0);
                 _mm512_mask_storeu_ps(p.add(16), m1, v1);
             }
         } else {
-            debug_assert!(bias.is_null(), "bias epilogue needs a row-major C");
+            debug_assert!(t.bias.is_null(), "bias epilogue needs a row-major C");
             let mut tmp = [0.0f32; 32];
-            for (i, row) in acc.iter().enumerate().take(mr) {
+            for (i, row) in acc.iter().enumerate().take(t.mr) {
                 _mm512_storeu_ps(tmp.as_mut_ptr(), row[0]);
                 _mm512_storeu_ps(tmp.as_mut_ptr().add(16), row[1]);
-                store_row(c.add(i * rsc), csc, &tmp[..nr], load_c);
+                store_row(t.c.add(i * t.rsc), t.csc, &tmp[..t.nr], t.load_c);
             }
         }
     }
@@ -92,71 +78,57 @@ impl MicroKernel for Avx2Kernel {
     const NR: usize = 16;
 
     #[inline(always)]
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        a_rs: usize,
-        a_cs: usize,
-        b: *const f32,
-        b_rs: usize,
-        c: *mut f32,
-        rsc: usize,
-        csc: usize,
-        mr: usize,
-        nr: usize,
-        load_c: bool,
-        bias: *const f32,
-    ) {
+    unsafe fn run(p: Panels, t: Tile) {
         const MR: usize = Avx2Kernel::MR;
-        prefetch_c_tile(c, rsc, csc, mr, nr);
-        let acc = match (a_rs == 1, nr <= 8) {
-            (true, false) => product_256::<MR, 2, true>(kc, a, 1, a_cs, b, b_rs),
-            (false, false) => product_256::<MR, 2, false>(kc, a, a_rs, a_cs, b, b_rs),
-            (true, true) => product_256::<MR, 1, true>(kc, a, 1, a_cs, b, b_rs),
-            (false, true) => product_256::<MR, 1, false>(kc, a, a_rs, a_cs, b, b_rs),
+        prefetch_c_tile(t.c, t.rsc, t.csc, t.mr, t.nr);
+        let acc = match (p.a_rs == 1, t.nr <= 8) {
+            (true, false) => product_256::<MR, 2, true>(p),
+            (false, false) => product_256::<MR, 2, false>(p),
+            (true, true) => product_256::<MR, 1, true>(p),
+            (false, true) => product_256::<MR, 1, false>(p),
         };
-        if csc == 1 && nr == 16 {
+        if t.csc == 1 && t.nr == 16 {
             // Full tile: plain loads and stores. vmaskmovps stores are
             // microcoded on AMD Zen (several cycles each), which showed at
             // the 12 per tile; the bits are the same either way.
-            for (i, row) in acc.iter().enumerate().take(mr) {
-                let p = c.add(i * rsc);
+            for (i, row) in acc.iter().enumerate().take(t.mr) {
+                let p = t.c.add(i * t.rsc);
                 let (mut v0, mut v1) = (row[0], row[1]);
-                if load_c {
+                if t.load_c {
                     v0 = _mm256_add_ps(_mm256_loadu_ps(p), v0);
                     v1 = _mm256_add_ps(_mm256_loadu_ps(p.add(8)), v1);
-                } else if !bias.is_null() {
-                    v0 = _mm256_add_ps(_mm256_loadu_ps(bias), v0);
-                    v1 = _mm256_add_ps(_mm256_loadu_ps(bias.add(8)), v1);
+                } else if !t.bias.is_null() {
+                    v0 = _mm256_add_ps(_mm256_loadu_ps(t.bias), v0);
+                    v1 = _mm256_add_ps(_mm256_loadu_ps(t.bias.add(8)), v1);
                 }
                 _mm256_storeu_ps(p, v0);
                 _mm256_storeu_ps(p.add(8), v1);
             }
-        } else if csc == 1 {
-            let n0 = nr.min(8);
-            let n1 = nr.saturating_sub(8);
+        } else if t.csc == 1 {
+            let n0 = t.nr.min(8);
+            let n1 = t.nr.saturating_sub(8);
             let m0 = _mm256_loadu_si256(MASK8.as_ptr().add(8 - n0).cast());
             let m1 = _mm256_loadu_si256(MASK8.as_ptr().add(8 - n1).cast());
-            for (i, row) in acc.iter().enumerate().take(mr) {
-                let p = c.add(i * rsc);
+            for (i, row) in acc.iter().enumerate().take(t.mr) {
+                let p = t.c.add(i * t.rsc);
                 let (mut v0, mut v1) = (row[0], row[1]);
-                if load_c {
+                if t.load_c {
                     v0 = _mm256_add_ps(_mm256_maskload_ps(p, m0), v0);
                     v1 = _mm256_add_ps(_mm256_maskload_ps(p.add(8), m1), v1);
-                } else if !bias.is_null() {
-                    v0 = _mm256_add_ps(_mm256_maskload_ps(bias, m0), v0);
-                    v1 = _mm256_add_ps(_mm256_maskload_ps(bias.add(8), m1), v1);
+                } else if !t.bias.is_null() {
+                    v0 = _mm256_add_ps(_mm256_maskload_ps(t.bias, m0), v0);
+                    v1 = _mm256_add_ps(_mm256_maskload_ps(t.bias.add(8), m1), v1);
                 }
                 _mm256_maskstore_ps(p, m0, v0);
                 _mm256_maskstore_ps(p.add(8), m1, v1);
             }
         } else {
-            debug_assert!(bias.is_null(), "bias epilogue needs a row-major C");
+            debug_assert!(t.bias.is_null(), "bias epilogue needs a row-major C");
             let mut tmp = [0.0f32; 16];
-            for (i, row) in acc.iter().enumerate().take(mr) {
+            for (i, row) in acc.iter().enumerate().take(t.mr) {
                 _mm256_storeu_ps(tmp.as_mut_ptr(), row[0]);
                 _mm256_storeu_ps(tmp.as_mut_ptr().add(8), row[1]);
-                store_row(c.add(i * rsc), csc, &tmp[..nr], load_c);
+                store_row(t.c.add(i * t.rsc), t.csc, &tmp[..t.nr], t.load_c);
             }
         }
     }
@@ -185,15 +157,11 @@ unsafe fn product_512<
     const UNIT_RS: bool,
     const PREFETCH: bool,
 >(
-    kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
-    b: *const f32,
-    b_rs: usize,
+    p: Panels,
 ) -> [[__m512; 2]; MR] {
+    let (kc, a_rs, a_cs, b_rs) = (p.kc, p.a_rs, p.a_cs, p.b_rs);
+    let (a, mut b) = (p.a, p.b);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let mut b = b;
     if UNIT_RS || a_cs != 1 {
         let mut a = a;
         for _ in 0..kc {
@@ -240,15 +208,11 @@ unsafe fn product_512<
 /// The MR×16 register tile, as [`product_512`] with vectors of 8.
 #[inline(always)]
 unsafe fn product_256<const MR: usize, const H: usize, const UNIT_RS: bool>(
-    kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
-    b: *const f32,
-    b_rs: usize,
+    p: Panels,
 ) -> [[__m256; 2]; MR] {
+    let (kc, a_rs, a_cs, b_rs) = (p.kc, p.a_rs, p.a_cs, p.b_rs);
+    let (a, mut b) = (p.a, p.b);
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let mut b = b;
     if UNIT_RS || a_cs != 1 {
         let mut a = a;
         for _ in 0..kc {

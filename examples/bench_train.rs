@@ -339,6 +339,59 @@ fn real_main() -> Result<(), String> {
         }
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let combos = combos(&args, batch)?;
+    // Round after round over all combinations, so that a slow or fast
+    // patch of the machine hits them alike; each row then reports its
+    // median round (its highest RSS and best step over all rounds).
+    let mut results: Vec<Vec<(Row, f64)>> = combos.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for (c, out) in combos.iter().zip(results.iter_mut()) {
+            let units = batch / c.mb;
+            if per_row {
+                reset_peak_rss();
+            }
+            let row = run_combo(c, &args, model, &data, units, seq)?;
+            if args.rounds > 1 {
+                eprintln!(
+                    "round {}: {} threads, depth {}, {}×{}, {}: {:.0} tokens/s",
+                    round + 1,
+                    c.threads,
+                    c.depth,
+                    units,
+                    c.mb,
+                    reduction(c.stream),
+                    row.tokens_per_s
+                );
+            }
+            out.push((row, peak_rss_mib()));
+        }
+    }
+    for rows in results.iter_mut() {
+        rows.sort_by(|a, b| a.0.tokens_per_s.total_cmp(&b.0.tokens_per_s));
+    }
+    let fma_peaks = fma_peaks(&combos);
+    print_rows(&combos, &results, &fma_peaks, &args, batch);
+    if args.phases {
+        print_phases(&combos, &results, &args, batch);
+    }
+    print_peaks(&combos, &fma_peaks);
+    Ok(())
+}
+
+/// One row of the table: a kernel path, accumulator, thread count, depth,
+/// micro-batch and reduction mode.
+struct Combo {
+    kernels: SimdKernels,
+    peak1: f64,
+    acc: String,
+    threads: usize,
+    depth: u32,
+    mb: usize,
+    stream: bool,
+}
+
+/// Every combination of the flag lists, in the order the lists give them.
+fn combos(args: &Args, batch: usize) -> Result<Vec<Combo>, String> {
     // Default: two units per worker with several threads (when the batch
     // divides), so a worker whose vCPU stalls has its second unit taken by
     // the other instead of holding up the step; one unit with one thread.
@@ -349,16 +402,6 @@ fn real_main() -> Result<(), String> {
             vec![two.unwrap_or(batch / t).max(1)]
         })
     };
-    // Every combination, in the order the lists give them.
-    struct Combo {
-        kernels: SimdKernels,
-        peak1: f64,
-        acc: String,
-        threads: usize,
-        depth: u32,
-        mb: usize,
-        stream: bool,
-    }
     let mut combos = Vec::new();
     for kname in &args.kernels {
         let choice = match kname.as_str() {
@@ -399,61 +442,51 @@ fn real_main() -> Result<(), String> {
             }
         }
     }
-    // Round after round over all combinations, so that a slow or fast
-    // patch of the machine hits them alike; each row then reports its
-    // median round (its highest RSS and best step over all rounds).
-    let mut results: Vec<Vec<(Row, f64)>> = combos.iter().map(|_| Vec::new()).collect();
-    for round in 0..args.rounds {
-        for (c, out) in combos.iter().zip(results.iter_mut()) {
-            let units = batch / c.mb;
-            let shape = Shape::new(c.depth, args.branching).map_err(|e| e.to_string())?;
-            let source = Arc::new(Bytes {
-                data: data.clone(),
-                micro_batch: c.mb,
-                seq,
-            });
-            let k = c.kernels;
-            if per_row {
-                reset_peak_rss();
-            }
-            let row = match c.acc.as_str() {
-                "f32" => run(
-                    model, F32Acc, k, source, shape, c.threads, units, c.stream, &args,
-                )?,
-                "fixed" => run(
-                    model,
-                    FixedAcc::default(),
-                    k,
-                    source,
-                    shape,
-                    c.threads,
-                    units,
-                    c.stream,
-                    &args,
-                )?,
-                _ => run(
-                    model, ExactAcc, k, source, shape, c.threads, units, c.stream, &args,
-                )?,
-            };
-            if args.rounds > 1 {
-                eprintln!(
-                    "round {}: {} threads, depth {}, {}×{}, {}: {:.0} tokens/s",
-                    round + 1,
-                    c.threads,
-                    c.depth,
-                    units,
-                    c.mb,
-                    reduction(c.stream),
-                    row.tokens_per_s
-                );
-            }
-            out.push((row, peak_rss_mib()));
-        }
+    Ok(combos)
+}
+
+/// One timed run of combination `c`.
+fn run_combo(
+    c: &Combo,
+    args: &Args,
+    model: GptConfig,
+    data: &[u8],
+    units: usize,
+    seq: usize,
+) -> Result<Row, String> {
+    let shape = Shape::new(c.depth, args.branching).map_err(|e| e.to_string())?;
+    let source = Arc::new(Bytes {
+        data: data.to_vec(),
+        micro_batch: c.mb,
+        seq,
+    });
+    let k = c.kernels;
+    match c.acc.as_str() {
+        "f32" => run(
+            model, F32Acc, k, source, shape, c.threads, units, c.stream, args,
+        ),
+        "fixed" => run(
+            model,
+            FixedAcc::default(),
+            k,
+            source,
+            shape,
+            c.threads,
+            units,
+            c.stream,
+            args,
+        ),
+        _ => run(
+            model, ExactAcc, k, source, shape, c.threads, units, c.stream, args,
+        ),
     }
-    // The FMA peak of each (kernels, threads) pair, measured with that many
-    // threads at once, after the runs so the rows are not disturbed.
+}
+
+/// The FMA peak of each (kernels, threads) pair, measured with that many
+/// threads at once, after the runs so the rows are not disturbed.
+fn fma_peaks(combos: &[Combo]) -> Vec<(String, usize, Option<f64>)> {
     let mut fma_peaks: Vec<(String, usize, Option<f64>)> = Vec::new();
-    for c in &combos {
+    for c in combos {
         let name = c.kernels.describe();
         if !fma_peaks.iter().any(|p| p.0 == name && p.1 == c.threads) {
             let g = fma_peak_gflops(
@@ -464,12 +497,23 @@ fn real_main() -> Result<(), String> {
             fma_peaks.push((name, c.threads, g));
         }
     }
-    for (c, rows) in combos.iter().zip(results.iter_mut()) {
+    fma_peaks
+}
+
+/// The main table: each row's median round (results are sorted), its best
+/// step and highest RSS over all rounds.
+fn print_rows(
+    combos: &[Combo],
+    results: &[Vec<(Row, f64)>],
+    fma_peaks: &[(String, usize, Option<f64>)],
+    args: &Args,
+    batch: usize,
+) {
+    for (c, rows) in combos.iter().zip(results) {
         let fma = fma_peaks
             .iter()
             .find(|p| p.0 == c.kernels.describe() && p.1 == c.threads)
             .and_then(|p| p.2);
-        rows.sort_by(|a, b| a.0.tokens_per_s.total_cmp(&b.0.tokens_per_s));
         let rss = rows.iter().map(|r| r.1).fold(0.0, f64::max);
         let best = rows
             .iter()
@@ -503,37 +547,42 @@ fn real_main() -> Result<(), String> {
             reduction(c.stream),
         );
     }
-    if args.phases {
-        // The median round of each row (sorted above), per worker, in ms
-        // per step; the reduction's share is of the whole step's wall time.
-        println!("\n| kernels | accumulator | threads | depth | units×micro-batch | worker | compute ms | reduce ms | update ms | wait ms | step ms | reduce share | wait share | reduction |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        let per_step = |d: std::time::Duration| 1000.0 * d.as_secs_f64() / args.steps as f64;
-        for (c, rows) in combos.iter().zip(&results) {
-            let row = &rows[rows.len() / 2].0;
-            for (w, p) in row.phases.iter().enumerate() {
-                println!(
-                    "| {} | {} | {} | {} | {}×{} | {w} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% | {} |",
-                    c.kernels.describe(),
-                    c.acc,
-                    c.threads,
-                    c.depth,
-                    batch / c.mb,
-                    c.mb,
-                    per_step(p.compute),
-                    per_step(p.reduce),
-                    per_step(p.update),
-                    per_step(p.wait),
-                    row.ms_per_step,
-                    100.0 * per_step(p.reduce) / row.ms_per_step,
-                    100.0 * per_step(p.wait) / row.ms_per_step,
-                    reduction(c.stream),
-                );
-            }
+}
+
+/// Per worker of each row's median round, in ms per step; the reduction's
+/// share is of the whole step's wall time.
+fn print_phases(combos: &[Combo], results: &[Vec<(Row, f64)>], args: &Args, batch: usize) {
+    println!("\n| kernels | accumulator | threads | depth | units×micro-batch | worker | compute ms | reduce ms | update ms | wait ms | step ms | reduce share | wait share | reduction |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let per_step = |d: std::time::Duration| 1000.0 * d.as_secs_f64() / args.steps as f64;
+    for (c, rows) in combos.iter().zip(results) {
+        let row = &rows[rows.len() / 2].0;
+        for (w, p) in row.phases.iter().enumerate() {
+            println!(
+                "| {} | {} | {} | {} | {}×{} | {w} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}% | {} |",
+                c.kernels.describe(),
+                c.acc,
+                c.threads,
+                c.depth,
+                batch / c.mb,
+                c.mb,
+                per_step(p.compute),
+                per_step(p.reduce),
+                per_step(p.update),
+                per_step(p.wait),
+                row.ms_per_step,
+                100.0 * per_step(p.reduce) / row.ms_per_step,
+                100.0 * per_step(p.wait) / row.ms_per_step,
+                reduction(c.stream),
+            );
         }
     }
+}
+
+/// The measured matmul and FMA peaks behind the "% of peak" columns.
+fn print_peaks(combos: &[Combo], fma_peaks: &[(String, usize, Option<f64>)]) {
     let mut shown = Vec::new();
-    for c in &combos {
+    for c in combos {
         let name = c.kernels.describe();
         if !shown.contains(&name) {
             println!(
@@ -543,10 +592,9 @@ fn real_main() -> Result<(), String> {
             shown.push(name);
         }
     }
-    for (name, threads, g) in &fma_peaks {
+    for (name, threads, g) in fma_peaks {
         if let Some(g) = g {
             println!("measured FMA peak ({name}, {threads} threads at once): {g:.1} GFLOP/s");
         }
     }
-    Ok(())
 }

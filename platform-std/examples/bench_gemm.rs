@@ -311,8 +311,10 @@ fn bench_elementwise(quick: bool) {
     .into_iter()
     .filter_map(|c| SimdKernels::new(c).ok())
     .collect();
-    let rounds = if quick { 3 } else { 7 };
-    let budget = Duration::from_millis(if quick { 10 } else { 30 });
+    let timer = RowTimer {
+        rounds: if quick { 3 } else { 7 },
+        budget: Duration::from_millis(if quick { 10 } else { 30 }),
+    };
     print!(
         "\n{:<34} {:>14}",
         "elementwise (ns/elem, best)", "scalar libm"
@@ -321,26 +323,6 @@ fn bench_elementwise(quick: bool) {
         print!(" {:>14}", k.describe());
     }
     println!();
-
-    // Times the optional libm baseline and one job per ISA; each job owns
-    // its output buffers.
-    let row = |label: &str, elems: usize, libm: Option<Job>, jobs: Vec<Job>| {
-        let has_libm = libm.is_some();
-        let mut all: Vec<Job> = libm.into_iter().chain(jobs).collect();
-        let mut refs: Vec<&mut dyn FnMut()> = all
-            .iter_mut()
-            .map(|b| &mut **b as &mut dyn FnMut())
-            .collect();
-        let res = time_interleaved(&mut refs, rounds, budget);
-        print!("{label:<34}");
-        if !has_libm {
-            print!(" {:>14}", "-");
-        }
-        for r in res {
-            print!(" {:>14.3}", best_median(r).0 * 1e9 / elems as f64);
-        }
-        println!();
-    };
 
     let n = 768 * 512;
     let x: Vec<f32> = fill(n, 3).iter().map(|v| v * 4.0).collect();
@@ -357,7 +339,7 @@ fn bench_elementwise(quick: bool) {
             Box::new(move || k.gelu_forward(black_box(&mut o), black_box(x))) as Job
         })
         .collect();
-    row(&format!("gelu_forward n={n}"), n, Some(libm), jobs);
+    timer.row(&format!("gelu_forward n={n}"), n, Some(libm), jobs);
 
     let jobs = isas
         .iter()
@@ -366,7 +348,7 @@ fn bench_elementwise(quick: bool) {
             Box::new(move || k.gelu_backward(black_box(&mut d), black_box(x), black_box(g))) as Job
         })
         .collect();
-    row(&format!("gelu_backward n={n}"), n, None, jobs);
+    timer.row(&format!("gelu_backward n={n}"), n, None, jobs);
 
     let jobs = isas
         .iter()
@@ -379,8 +361,41 @@ fn bench_elementwise(quick: bool) {
             }) as Job
         })
         .collect();
-    row(&format!("gelu_forward_grad (+copy) n={n}"), n, None, jobs);
+    timer.row(&format!("gelu_forward_grad (+copy) n={n}"), n, None, jobs);
 
+    bench_layernorm(&isas, &timer, x, g);
+    bench_softmax(&isas, &timer, x);
+    bench_adamw(&isas, &timer);
+}
+
+/// Times the elementwise rows: the optional libm baseline and one job per
+/// ISA, interleaved; each job owns its output buffers.
+struct RowTimer {
+    rounds: usize,
+    budget: Duration,
+}
+
+impl RowTimer {
+    fn row(&self, label: &str, elems: usize, libm: Option<Job>, jobs: Vec<Job>) {
+        let has_libm = libm.is_some();
+        let mut all: Vec<Job> = libm.into_iter().chain(jobs).collect();
+        let mut refs: Vec<&mut dyn FnMut()> = all
+            .iter_mut()
+            .map(|b| &mut **b as &mut dyn FnMut())
+            .collect();
+        let res = time_interleaved(&mut refs, self.rounds, self.budget);
+        print!("{label:<34}");
+        if !has_libm {
+            print!(" {:>14}", "-");
+        }
+        for r in res {
+            print!(" {:>14.3}", best_median(r).0 * 1e9 / elems as f64);
+        }
+        println!();
+    }
+}
+
+fn bench_layernorm(isas: &[SimdKernels], timer: &RowTimer, x: &[f32], g: &[f32]) {
     for (rows, c) in [(768, 128), (1024, 384)] {
         let (w, b) = (fill(c, 5), fill(c, 6));
         let (w, b) = (&w, &b);
@@ -403,7 +418,7 @@ fn bench_elementwise(quick: bool) {
                 }) as Job
             })
             .collect();
-        row(
+        timer.row(
             &format!("layernorm_forward {rows}×{c}"),
             rows * c,
             None,
@@ -431,14 +446,16 @@ fn bench_elementwise(quick: bool) {
                 }) as Job
             })
             .collect();
-        row(
+        timer.row(
             &format!("layernorm_backward {rows}×{c}"),
             rows * c,
             None,
             jobs,
         );
     }
+}
 
+fn bench_softmax(isas: &[SimdKernels], timer: &RowTimer, x: &[f32]) {
     for (rows, c) in [(64, 64), (256, 256), (768, 65)] {
         let xin = &x[..rows * c];
         let jobs = isas
@@ -448,9 +465,11 @@ fn bench_elementwise(quick: bool) {
                 Box::new(move || k.softmax_rows(black_box(&mut o), black_box(xin), c)) as Job
             })
             .collect();
-        row(&format!("softmax_rows {rows}×{c}"), rows * c, None, jobs);
+        timer.row(&format!("softmax_rows {rows}×{c}"), rows * c, None, jobs);
     }
+}
 
+fn bench_adamw(isas: &[SimdKernels], timer: &RowTimer) {
     let np = 1 << 20;
     let (p0, gr) = (fill(np, 7), fill(np, 8));
     let gr = &gr;
@@ -462,7 +481,7 @@ fn bench_elementwise(quick: bool) {
             Box::new(move || k.adamw(black_box(&mut p), black_box(gr), &mut m, &mut v, &hp)) as Job
         })
         .collect();
-    row(&format!("adamw n={np}"), np, None, jobs);
+    timer.row(&format!("adamw n={np}"), np, None, jobs);
 }
 
 fn main() {

@@ -398,7 +398,7 @@ fn combos(args: &Args, batch: usize) -> Result<Vec<Combo>, String> {
     let micro_batches = |threads: usize| {
         args.micro_batches.clone().unwrap_or_else(|| {
             let t = threads.max(1);
-            let two = (t > 1 && batch % (2 * t) == 0).then(|| batch / (2 * t));
+            let two = (t > 1 && batch.is_multiple_of(2 * t)).then(|| batch / (2 * t));
             vec![two.unwrap_or(batch / t).max(1)]
         })
     };
@@ -421,7 +421,7 @@ fn combos(args: &Args, batch: usize) -> Result<Vec<Combo>, String> {
             for &threads in &args.threads {
                 for &depth in &args.depths {
                     for mb in micro_batches(threads) {
-                        if mb == 0 || batch % mb != 0 {
+                        if mb == 0 || !batch.is_multiple_of(mb) {
                             return Err(format!(
                                 "batch {batch} is not a multiple of micro-batch {mb}"
                             ));

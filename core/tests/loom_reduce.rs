@@ -67,15 +67,21 @@ fn participant(team: &Team, t: usize, with_first_barrier: bool) {
     team.barrier.wait().unwrap();
 }
 
+/// Explores every interleaving of `f` with at most `preemptions`
+/// preemptions (`None`: unbounded).
+fn check_bounded(preemptions: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = preemptions;
+    builder.check(f);
+}
+
 fn merge_model(
     participants: usize,
     segment_len: usize,
     preemptions: Option<usize>,
     with_first_barrier: bool,
 ) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = preemptions;
-    builder.check(move || {
+    check_bounded(preemptions, move || {
         let team = team(participants, segment_len);
         let others: Vec<_> = (1..participants)
             .map(|t| {
@@ -135,9 +141,7 @@ fn abort_releases_a_waiter() {
 
 #[test]
 fn abort_releases_every_waiter_of_three() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(|| {
+    check_bounded(Some(3), || {
         let barrier = Arc::new(SpinBarrier::new(3));
         let b = barrier.clone();
         let waiter = thread::spawn(move || b.wait());
@@ -153,9 +157,7 @@ fn abort_releases_every_waiter_of_three() {
 fn abort_after_a_completed_phase() {
     // Participant 1 passes phase 1, then aborts. Phase 1 completed, so
     // participant 0 sees it as done; its next wait fails. Nobody hangs.
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(|| {
+    check_bounded(Some(3), || {
         let barrier = Arc::new(SpinBarrier::new(2));
         let b = barrier.clone();
         let other = thread::spawn(move || {

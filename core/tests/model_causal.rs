@@ -8,7 +8,7 @@ use cllm_core::kernels::Portable;
 use cllm_core::model::{self, GptConfig};
 use cllm_core::real::Real;
 use cllm_core::rng::Rng;
-use model_util::{perturbed_params, random_tokens};
+use model_util::{gpt, perturbed_f64_and_f32, random_tokens};
 
 fn logits_of<R: Real>(cfg: &GptConfig, params: &[R], tokens: &[u32], b: usize, t: usize) -> Vec<R> {
     let mut work = vec![R::ZERO; cfg.activation_len(b, t)];
@@ -54,16 +54,8 @@ fn check<R: Real>(params: &[R], cfg: &GptConfig) {
 fn future_tokens_never_change_past_logits() {
     // 40 positions: more than one 32-row attention block, so the blocked
     // score computation (which computes some masked entries) is covered.
-    let cfg = GptConfig {
-        vocab_size: 13,
-        n_positions: 40,
-        n_embd: 16,
-        n_layer: 2,
-        n_head: 2,
-        untied_head: false,
-    };
-    let p64 = perturbed_params(&cfg, 5, 0.2);
-    let p32: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
+    let cfg = gpt(13, 40, 16, 2, 2);
+    let (p64, p32) = perturbed_f64_and_f32(&cfg, 5);
     check(&p64, &cfg);
     check(&p32, &cfg);
 }

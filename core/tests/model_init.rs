@@ -25,23 +25,31 @@ fn splitmix64_matches_reference_vector() {
 /// implementation of the reference algorithms.
 #[test]
 fn xoshiro_stream_is_pinned() {
-    let mut r = Rng::new(0);
-    for w in [
-        0x99ec5f36cb75f2b4u64,
-        0xbf6e1f784956452a,
-        0x1a5f849d4933e6e0,
-        0x6aa594f1262d2d2c,
-    ] {
-        assert_eq!(r.next_u64(), w);
-    }
-    let mut r = Rng::new(42);
-    for w in [
-        0x15780b2e0c2ec716u64,
-        0x6104d9866d113a7e,
-        0xae17533239e499a1,
-        0xecb8ad4703b360a1,
-    ] {
-        assert_eq!(r.next_u64(), w);
+    let pinned: [(u64, [u64; 4]); 2] = [
+        (
+            0,
+            [
+                0x99ec5f36cb75f2b4,
+                0xbf6e1f784956452a,
+                0x1a5f849d4933e6e0,
+                0x6aa594f1262d2d2c,
+            ],
+        ),
+        (
+            42,
+            [
+                0x15780b2e0c2ec716,
+                0x6104d9866d113a7e,
+                0xae17533239e499a1,
+                0xecb8ad4703b360a1,
+            ],
+        ),
+    ];
+    for (seed, want) in pinned {
+        let mut r = Rng::new(seed);
+        for w in want {
+            assert_eq!(r.next_u64(), w, "seed {seed}");
+        }
     }
 }
 

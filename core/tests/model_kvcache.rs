@@ -11,7 +11,7 @@ use cllm_core::kernels::Portable;
 use cllm_core::model::{self, GptConfig, ModelError};
 use cllm_core::real::Real;
 use cllm_core::rng::Rng;
-use model_util::{perturbed_params, random_tokens};
+use model_util::{gpt, perturbed_f64_and_f32, random_tokens};
 
 fn check<R: Real>(cfg: &GptConfig, params: &[R]) {
     let (t, v) = (cfg.n_positions, cfg.vocab_size);
@@ -47,30 +47,15 @@ fn check<R: Real>(cfg: &GptConfig, params: &[R]) {
 
 #[test]
 fn cached_generation_equals_full_forward_bitwise() {
-    let cfg = GptConfig {
-        vocab_size: 29,
-        n_positions: 37,
-        n_embd: 24,
-        n_layer: 3,
-        n_head: 3,
-        untied_head: false,
-    };
-    let p64 = perturbed_params(&cfg, 9, 0.2);
-    let p32: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
+    let cfg = gpt(29, 37, 24, 3, 3);
+    let (p64, p32) = perturbed_f64_and_f32(&cfg, 9);
     check(&cfg, &p64);
     check(&cfg, &p32);
 }
 
 #[test]
 fn cached_forward_rejects_bad_input() {
-    let cfg = GptConfig {
-        vocab_size: 5,
-        n_positions: 4,
-        n_embd: 4,
-        n_layer: 1,
-        n_head: 2,
-        untied_head: false,
-    };
+    let cfg = gpt(5, 4, 4, 1, 2);
     let p = vec![0.0f32; cfg.num_params()];
     let mut cache = vec![0.0f32; cfg.kv_cache_len()];
     let mut w = vec![0.0f32; cfg.infer_work_len()];

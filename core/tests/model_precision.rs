@@ -10,11 +10,11 @@ mod model_util;
 
 use cllm_core::model::GptConfig;
 use cllm_core::rng::Rng;
-use model_util::{loss_and_grads, perturbed_params, random_tokens, TINY};
+use model_util::{gpt, loss_and_grads, perturbed_params, random_tokens, to_f32, TINY};
 
 fn compare(cfg: &GptConfig, noise: f64, b: usize, t: usize) {
     let p64 = perturbed_params(cfg, 7, noise);
-    let p32: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
+    let p32 = to_f32(&p64);
     let p64: Vec<f64> = p32.iter().map(|&x| x as f64).collect(); // exactly the f32 values
     let mut rng = Rng::new(8);
     let tokens = random_tokens(&mut rng, b * t, cfg.vocab_size);
@@ -53,13 +53,6 @@ fn f32_agrees_with_f64_on_the_gradcheck_model() {
 
 #[test]
 fn f32_agrees_with_f64_on_a_wider_model_at_init() {
-    let cfg = GptConfig {
-        vocab_size: 65,
-        n_positions: 32,
-        n_embd: 32,
-        n_layer: 2,
-        n_head: 4,
-        untied_head: false,
-    };
+    let cfg = gpt(65, 32, 32, 2, 4);
     compare(&cfg, 0.0, 3, 32);
 }

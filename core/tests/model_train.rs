@@ -7,21 +7,14 @@ use cllm_core::kernels::Portable;
 use cllm_core::model::{self, GptConfig};
 use cllm_core::optim::{self, AdamW};
 use cllm_core::rng::Rng;
-use model_util::random_tokens;
+use model_util::{gpt, random_tokens};
 
 /// At init the logits are `ln_f(x)·wteᵀ` with wte ~ N(0, 0.02²), so each is
 /// ~N(0, C·0.02²) and the expected loss is about `ln V + C·0.02²/2`
 /// (= ln V + 0.013 for C = 64). We require |loss − ln V| < 0.05.
 #[test]
 fn fresh_model_loss_is_ln_vocab() {
-    let cfg = GptConfig {
-        vocab_size: 65,
-        n_positions: 64,
-        n_embd: 64,
-        n_layer: 2,
-        n_head: 4,
-        untied_head: false,
-    };
+    let cfg = gpt(65, 64, 64, 2, 4);
     let (b, t) = (4, 64);
     let mut p = vec![0.0f32; cfg.num_params()];
     let mut work = vec![0.0f32; cfg.activation_len(b, t)];

@@ -12,18 +12,8 @@ use cllm_std::checkpoint::{
 };
 use serde_json::{json, Value};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+mod common;
+use common::Rng;
 
 fn sample_tensors() -> Vec<NamedTensor> {
     vec![
@@ -128,42 +118,36 @@ fn safetensors_reader_rejects_bad_files() {
     // Header length pointing far past the end: must not allocate it.
     expect_st_error(&u64::MAX.to_le_bytes(), "too large");
     expect_st_error(&[0xff, 0xff, 0xff, 0x00, 0, 0, 0, 0, b'{'], "past the end");
-    expect_st_error(
-        &raw_file("not json", 0),
-        "not a valid safetensors JSON header",
-    );
-    // Data shorter than declared (truncated).
-    expect_st_error(
-        &raw_file(
+    let bad_headers = [
+        ("not json", 0, "not a valid safetensors JSON header"),
+        // Data shorter than declared (truncated).
+        (
             r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
             12,
+            "does not exactly fill the file",
         ),
-        "does not exactly fill the file",
-    );
-    // Shape and byte length disagree.
-    expect_st_error(
-        &raw_file(
+        // Shape and byte length disagree.
+        (
             r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
             16,
+            "does not match its shape",
         ),
-        "does not match its shape",
-    );
-    // Shape overflows.
-    expect_st_error(
-        &raw_file(
+        // Shape overflows.
+        (
             r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#,
             16,
+            "overflows",
         ),
-        "overflows",
-    );
-    // Unsupported dtype (F16 and BF16 are read, converted exactly).
-    expect_st_error(
-        &raw_file(
+        // Unsupported dtype (F16 and BF16 are read, converted exactly).
+        (
             r#"{"w":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#,
             8,
+            "dtype I32 is not supported (F32, F16 or BF16)",
         ),
-        "dtype I32 is not supported (F32, F16 or BF16)",
-    );
+    ];
+    for (header, data_len, want) in bad_headers {
+        expect_st_error(&raw_file(header, data_len), want);
+    }
     let mut half = raw_file(
         r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"BF16","shape":[1],"data_offsets":[4,6]}}"#,
         0,
@@ -237,6 +221,18 @@ fn safetensors_random_corruption_never_panics() {
 /// A change applied to a valid JSON document, and the error it must cause.
 type Edit = Box<dyn FnOnce(&mut Value)>;
 
+/// Sets the top-level field `key` to `v`.
+fn set(key: &'static str, v: Value) -> Edit {
+    Box::new(move |d| d[key] = v)
+}
+
+/// Removes the top-level field `key`.
+fn remove(key: &'static str) -> Edit {
+    Box::new(move |d| {
+        d.as_object_mut().unwrap().remove(key);
+    })
+}
+
 fn tiny_config() -> HfGpt2Config {
     HfGpt2Config::new(11, 8, 6, 2, 3)
 }
@@ -289,64 +285,54 @@ fn config_error(edit: impl FnOnce(&mut Value)) -> String {
 fn config_validation_errors() {
     let cases: Vec<(Edit, &str)> = vec![
         (
-            Box::new(|d| d["model_type"] = json!("llama")),
+            set("model_type", json!("llama")),
             "field \"model_type\" is \"llama\"",
         ),
+        (remove("model_type"), "\"model_type\" is missing"),
+        (remove("n_embd"), "\"n_embd\" is missing"),
         (
-            Box::new(|d| {
-                d.as_object_mut().unwrap().remove("model_type");
-            }),
-            "\"model_type\" is missing",
-        ),
-        (
-            Box::new(|d| {
-                d.as_object_mut().unwrap().remove("n_embd");
-            }),
-            "\"n_embd\" is missing",
-        ),
-        (
-            Box::new(|d| d["n_embd"] = json!(0)),
+            set("n_embd", json!(0)),
             "\"n_embd\" must be positive, got 0",
         ),
         (
-            Box::new(|d| d["n_layer"] = json!(-2)),
+            set("n_layer", json!(-2)),
             "\"n_layer\" must be a non-negative integer, got -2",
         ),
         (
-            Box::new(|d| d["n_head"] = json!("3")),
+            set("n_head", json!("3")),
             "\"n_head\" must be a non-negative integer",
         ),
         (
-            Box::new(|d| d["vocab_size"] = json!(1.5)),
+            set("vocab_size", json!(1.5)),
             "\"vocab_size\" must be a non-negative integer",
         ),
         (
-            Box::new(|d| d["n_head"] = json!(4)),
+            set("n_head", json!(4)),
             "\"n_head\" is 4 which does not divide n_embd 6",
         ),
         (
-            Box::new(|d| d["n_ctx"] = json!(16)),
+            set("n_ctx", json!(16)),
             "\"n_ctx\" is 16 but n_positions is 8",
         ),
         (
-            Box::new(|d| d["activation_function"] = json!("relu")),
+            set("activation_function", json!("relu")),
             "\"activation_function\"",
         ),
         (
-            Box::new(|d| d["layer_norm_epsilon"] = json!(1e-6)),
+            set("layer_norm_epsilon", json!(1e-6)),
             "\"layer_norm_epsilon\"",
         ),
         (
-            Box::new(|d| d["tie_word_embeddings"] = json!("no")),
+            set("tie_word_embeddings", json!("no")),
             "\"tie_word_embeddings\"",
         ),
-        (Box::new(|d| d["n_inner"] = json!(7)), "\"n_inner\" is 7"),
+        (set("n_inner", json!(7)), "\"n_inner\" is 7"),
         (
-            Box::new(|d| d["eos_token_id"] = json!(11)),
+            set("eos_token_id", json!(11)),
             "\"eos_token_id\" is 11, outside the vocabulary of 11",
         ),
         (
-            Box::new(|d| d["n_embd"] = json!(1u64 << 40)),
+            set("n_embd", json!(1u64 << 40)),
             "above the supported maximum",
         ),
         (
@@ -461,40 +447,24 @@ fn trainer_state_errors() {
     let p = dir.path().join("trainer_state.json");
     let cases: Vec<(Edit, &str)> = vec![
         (
-            Box::new(|d| d["step"] = json!(5)),
+            set("step", json!(5)),
             "\"step\" must be a u64 as a decimal string",
         ),
-        (
-            Box::new(|d| d["step"] = json!("-1")),
-            "\"step\" \"-1\" is not a u64",
-        ),
-        (
-            Box::new(|d| d["step"] = json!("18446744073709551616")),
-            "is not a u64",
-        ),
+        (set("step", json!("-1")), "\"step\" \"-1\" is not a u64"),
+        (set("step", json!("18446744073709551616")), "is not a u64"),
         (
             Box::new(|d| d["rng_state"][2] = json!("x")),
             "\"rng_state[2]\"",
         ),
         (
-            Box::new(|d| d["rng_state"] = json!("1")),
+            set("rng_state", json!("1")),
             "\"rng_state\" must be an array",
         ),
-        (Box::new(|d| d["version"] = json!(9)), "\"version\" is 9"),
-        (Box::new(|d| d["format"] = json!("hf")), "\"format\""),
-        (
-            Box::new(|d| {
-                d.as_object_mut().unwrap().remove("config");
-            }),
-            "\"config\" is missing",
-        ),
-        (
-            Box::new(|d| {
-                d.as_object_mut().unwrap().remove("data_position");
-            }),
-            "\"data_position\" is missing",
-        ),
-        (Box::new(|d| d["elapsed_s"] = json!(-1.0)), "\"elapsed_s\""),
+        (set("version", json!(9)), "\"version\" is 9"),
+        (set("format", json!("hf")), "\"format\""),
+        (remove("config"), "\"config\" is missing"),
+        (remove("data_position"), "\"data_position\" is missing"),
+        (set("elapsed_s", json!(-1.0)), "\"elapsed_s\""),
     ];
     for (edit, want) in cases {
         let mut doc = sample_state().to_json();

@@ -86,6 +86,11 @@ fn starts_stay_in_range_and_spread() {
     assert_eq!(sequence_start(1, 2, 3, t + 1, t), 0);
 }
 
+/// Zeroed token and target buffers for `n` sequences of `t` tokens.
+fn unit_buffers(n: usize, t: usize) -> (Vec<u32>, Vec<u32>) {
+    (vec![0u32; n * t], vec![0u32; n * t])
+}
+
 #[test]
 fn fill_unit_windows_and_shifted_targets() {
     let store = counting_store(1000);
@@ -94,8 +99,7 @@ fn fill_unit_windows_and_shifted_targets() {
         len: 800,
     };
     let (t, n) = (16, 4);
-    let mut x = vec![0u32; n * t];
-    let mut y = vec![0u32; n * t];
+    let (mut x, mut y) = unit_buffers(n, t);
     fill_unit(&store, split, 5, 3, 0, n, t, &mut x, &mut y).unwrap();
     for s in 0..n {
         let row = &x[s * t..(s + 1) * t];
@@ -224,8 +228,7 @@ fn fill_unit_does_not_allocate() {
         len: 10_000,
     };
     let (n, t) = (8, 64);
-    let mut x = vec![0u32; n * t];
-    let mut y = vec![0u32; n * t];
+    let (mut x, mut y) = unit_buffers(n, t);
     // Warm-up outside the measured region.
     fill_unit(&store, split, 1, 0, 0, n, t, &mut x, &mut y).unwrap();
     let before = allocs();

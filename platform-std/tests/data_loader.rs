@@ -3,13 +3,25 @@
 use std::fs;
 use std::path::Path;
 
-use cllm_std::data::{list_corpus, load_corpus, DataError, LoadOptions, SkipReason, SNIFF_LEN};
+use cllm_std::data::{
+    list_corpus, load_corpus, Corpus, DataError, Listing, LoadOptions, SkipReason, SNIFF_LEN,
+};
 use cllm_std::tokenizer::Tokenizer;
 
 fn write(root: &Path, rel: &str, bytes: &[u8]) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(p, bytes).unwrap();
+}
+
+/// `load_corpus` with the default options.
+fn load(path: &Path) -> Result<Corpus, DataError> {
+    load_corpus(path, &LoadOptions::default())
+}
+
+/// `list_corpus` with the default options.
+fn list(path: &Path) -> Result<Listing, DataError> {
+    list_corpus(path, &LoadOptions::default())
 }
 
 /// A tree with one of each kind of entry the loader must handle.
@@ -91,8 +103,8 @@ fn order_is_sorted_and_repeatable() {
     for name in ["z.txt", "m/a.txt", "a.txt", "m.txt", "B.txt"] {
         write(dir.path(), name, name.as_bytes());
     }
-    let a = list_corpus(dir.path(), &LoadOptions::default()).unwrap();
-    let b = list_corpus(dir.path(), &LoadOptions::default()).unwrap();
+    let a = list(dir.path()).unwrap();
+    let b = list(dir.path()).unwrap();
     assert_eq!(a.files(), b.files());
     let names: Vec<_> = a
         .files()
@@ -130,20 +142,20 @@ fn single_binary_file_is_no_usable_text() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.txt");
     fs::write(&p, b"abc\0def").unwrap();
-    let err = load_corpus(&p, &LoadOptions::default()).unwrap_err();
+    let err = load(&p).unwrap_err();
     assert!(matches!(err, DataError::NoUsableText { .. }), "{err}");
     // The NUL check only looks at the first SNIFF_LEN bytes.
     let mut late = vec![b'a'; SNIFF_LEN];
     late.push(0);
     fs::write(&p, &late).unwrap();
-    assert!(load_corpus(&p, &LoadOptions::default()).is_ok());
+    assert!(load(&p).is_ok());
 }
 
 #[test]
 fn missing_path_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nope");
-    let err = load_corpus(&p, &LoadOptions::default()).unwrap_err();
+    let err = load(&p).unwrap_err();
     assert!(matches!(err, DataError::Missing { .. }));
     assert_eq!(
         err.to_string(),
@@ -155,7 +167,7 @@ fn missing_path_error() {
 fn empty_directory_error() {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir_all(dir.path().join("a/b")).unwrap();
-    let err = load_corpus(dir.path(), &LoadOptions::default()).unwrap_err();
+    let err = load(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::EmptyDirectory { .. }), "{err}");
     assert!(err.to_string().contains("contains no files"));
 }
@@ -167,7 +179,7 @@ fn everything_skipped_is_no_usable_text() {
     write(dir.path(), "a.png", b"x");
     write(dir.path(), "nul.txt", b"\0");
     // nul.txt survives listing and is rejected when read.
-    let err = load_corpus(dir.path(), &LoadOptions::default()).unwrap_err();
+    let err = load(dir.path()).unwrap_err();
     match &err {
         DataError::NoUsableText { summary, .. } => {
             assert_eq!(summary.total_skipped(), 3);
@@ -180,7 +192,7 @@ fn everything_skipped_is_no_usable_text() {
     assert!(!msg.contains('\n'));
     // Nothing readable at listing time is reported at listing time.
     fs::remove_file(dir.path().join("nul.txt")).unwrap();
-    let err = list_corpus(dir.path(), &LoadOptions::default()).unwrap_err();
+    let err = list(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::NoUsableText { .. }));
 }
 
@@ -189,7 +201,7 @@ fn file_vanishing_between_list_and_read_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.txt", b"a\n");
     write(dir.path(), "b.txt", b"b\n");
-    let listing = list_corpus(dir.path(), &LoadOptions::default()).unwrap();
+    let listing = list(dir.path()).unwrap();
     assert_eq!(listing.files().len(), 2);
     fs::remove_file(dir.path().join("b.txt")).unwrap();
     let err = listing.load().unwrap_err();
@@ -201,7 +213,7 @@ fn file_vanishing_between_list_and_read_is_an_error() {
 
     // Same for a single explicitly named file.
     let p = dir.path().join("a.txt");
-    let listing = list_corpus(&p, &LoadOptions::default()).unwrap();
+    let listing = list(&p).unwrap();
     fs::remove_file(&p).unwrap();
     assert!(matches!(listing.load(), Err(DataError::Vanished { .. })));
 }
@@ -214,7 +226,7 @@ fn symlinks_to_dirs_and_broken_links_are_skipped() {
     std::os::unix::fs::symlink(dir.path(), dir.path().join("real/up")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("broken.txt")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("real/a.txt"), dir.path().join("link.txt")).unwrap();
-    let corpus = load_corpus(dir.path(), &LoadOptions::default()).unwrap();
+    let corpus = load(dir.path()).unwrap();
     assert_eq!(corpus.summary().loaded_files, 2, "{:?}", corpus.summary());
     assert_eq!(corpus.summary().skipped_count(SkipReason::NotRegular), 3);
 }
@@ -233,9 +245,9 @@ fn fifo_is_skipped_not_read() {
         return;
     }
     // Reading a FIFO would block forever: it must be skipped by type.
-    let corpus = load_corpus(dir.path(), &LoadOptions::default()).unwrap();
+    let corpus = load(dir.path()).unwrap();
     assert_eq!(corpus.summary().skipped_count(SkipReason::NotRegular), 1);
-    let err = load_corpus(&fifo, &LoadOptions::default()).unwrap_err();
+    let err = load(&fifo).unwrap_err();
     assert!(matches!(err, DataError::Unsupported { .. }), "{err}");
 }
 
@@ -251,7 +263,7 @@ fn unreadable_file_is_an_error() {
         eprintln!("note: running as root (permissions not enforced); unreadable-file test skipped");
         return;
     }
-    let err = load_corpus(dir.path(), &LoadOptions::default()).unwrap_err();
+    let err = load(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::Unreadable { .. }), "{err}");
     assert!(err.to_string().contains("locked.txt"));
 }
@@ -263,7 +275,7 @@ fn read_failure_after_listing_is_unreadable() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.txt", b"a\n");
     write(dir.path(), "b.txt", b"b\n");
-    let listing = list_corpus(dir.path(), &LoadOptions::default()).unwrap();
+    let listing = list(dir.path()).unwrap();
     fs::remove_file(dir.path().join("b.txt")).unwrap();
     fs::create_dir(dir.path().join("b.txt")).unwrap();
     let err = listing.load().unwrap_err();
@@ -300,7 +312,7 @@ fn root_named_like_an_excluded_dir_is_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     write(&runs, "notes.txt", b"kept\n");
-    let corpus = load_corpus(&runs, &LoadOptions::default()).unwrap();
+    let corpus = load(&runs).unwrap();
     assert_eq!(corpus.bytes(), b"kept\n");
 }
 
@@ -308,12 +320,12 @@ fn root_named_like_an_excluded_dir_is_still_read() {
 fn invalid_utf8_is_lossy_for_char_and_exact_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "latin1.txt", b"caf\xe9\n");
-    let corpus = load_corpus(dir.path(), &LoadOptions::default()).unwrap();
+    let corpus = load(dir.path()).unwrap();
     assert_eq!(corpus.text_lossy(), "caf\u{fffd}\n");
     let tok = Tokenizer::train_char(&corpus.text_lossy()).unwrap();
     let store = corpus.into_tokens(&tok).unwrap();
     assert_eq!(store.len(), 5);
-    let corpus = load_corpus(dir.path(), &LoadOptions::default()).unwrap();
+    let corpus = load(dir.path()).unwrap();
     let store = corpus.into_tokens(&Tokenizer::Byte).unwrap();
     assert_eq!(store.get(3), Some(0xe9));
 }
@@ -326,7 +338,7 @@ fn loads_the_shared_tinyshakespeare_when_present() {
         eprintln!("note: {} not present, skipped", p.display());
         return;
     }
-    let corpus = load_corpus(&p, &LoadOptions::default()).unwrap();
+    let corpus = load(&p).unwrap();
     assert!(corpus.is_mapped());
     assert_eq!(corpus.bytes().len(), 1_115_394);
     let tok = Tokenizer::train_char(&corpus.text_lossy()).unwrap();

@@ -4,7 +4,7 @@
 //! failures are one-line errors.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cllm_std::data::{
     fill_unit, load_corpus, Corpus, DataError, LoadOptions, SkipReason, Split, TokenStore,
@@ -114,11 +114,18 @@ fn assert_same_batches(a: &TokenStore, b: &TokenStore) {
     }
 }
 
-#[test]
-fn directory_corpus_is_mapped_and_holds_the_same_bytes_and_ids() {
+/// `tree` under `corpus/` in a new temporary directory: the directory
+/// (removed on drop), the tree's root and its expected bytes.
+fn temp_tree() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("corpus");
     let want = tree(&root);
+    (dir, root, want)
+}
+
+#[test]
+fn directory_corpus_is_mapped_and_holds_the_same_bytes_and_ids() {
+    let (_dir, root, want) = temp_tree();
     let corpus = load_corpus(&root, &LoadOptions::default()).unwrap();
     assert!(corpus.is_mapped());
     assert_eq!(corpus.bytes(), want.as_slice());
@@ -213,9 +220,7 @@ fn vocabularies_above_u16_are_mapped_as_u32() {
 
 #[test]
 fn spool_files_leave_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("corpus");
-    tree(&root);
+    let (dir, root, _) = temp_tree();
     let spool = dir.path().join("spool");
     fs::create_dir(&spool).unwrap();
     let corpus = load_corpus(&root, &in_spool(&spool)).unwrap();
@@ -231,9 +236,7 @@ fn spool_files_leave_nothing_behind() {
 
 #[test]
 fn spool_errors_are_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("corpus");
-    tree(&root);
+    let (dir, root, _) = temp_tree();
     let missing = dir.path().join("no-such-dir");
 
     let err = load_corpus(&root, &in_spool(&missing)).unwrap_err();

@@ -8,99 +8,58 @@ use std::time::Duration;
 
 use cllm_core::accumulate::{Accumulator, F32Acc, FixedAcc};
 use cllm_core::kernels::Portable;
-use cllm_core::model::{self, GptConfig};
-use cllm_core::optim::AdamW;
-use cllm_core::reduce::{reduce_sequential, sequential_cell_len, sequential_f32_len};
+use cllm_core::model::GptConfig;
 use cllm_core::tree::Shape;
 use cllm_std::exec::{
-    reduction_buffers, ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, UnitSource,
-    UpdateSettings,
+    reduction_buffers, ExecConfig, ExecError, FailureInjection, Hierarchy, Optimizer, StepStats,
+    UnitSource,
 };
 
-const MODEL: GptConfig = GptConfig {
-    vocab_size: 13,
-    n_positions: 8,
-    n_embd: 8,
-    n_layer: 1,
-    n_head: 2,
-    untied_head: false,
+mod common;
+use common::{
+    adamw, bits, exec_config, hashed_token, sequential_sum, small_gpt, spread_params, update_at,
+    Hashed,
 };
+
+const MODEL: GptConfig = small_gpt(13, 8, 1);
 const SEQ: usize = 6;
 const MB: usize = 2;
 
-/// Tokens are a pure hash of (step, unit, position).
-struct Hashed;
-
-fn token(step: u64, unit: usize, i: usize) -> u32 {
-    let mut z = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (unit as u64) << 20 ^ i as u64;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) % MODEL.vocab_size as u64) as u32
-}
-
-impl UnitSource for Hashed {
-    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
-        for i in 0..tokens.len() {
-            tokens[i] = token(step, unit, i);
-            targets[i] = token(step, unit, i + 1);
-        }
-    }
-    fn eval_units(&self) -> usize {
-        3
-    }
-    fn fill_eval(&self, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
-        self.fill_train(u64::MAX, unit, tokens, targets)
-    }
-}
+const HASHED: Hashed = Hashed::new(hashed_token, MODEL.vocab_size, 3);
 
 fn params() -> Vec<f32> {
-    let mut p = vec![0.0; MODEL.num_params()];
-    model::init_params(&MODEL, &mut p, 7).unwrap();
-    // Spread the weights so f32 rounding is order-sensitive.
-    for (i, x) in p.iter_mut().enumerate() {
-        *x += ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
-    }
-    p
+    spread_params(&MODEL)
 }
 
 fn cfg(depth: u32, branching: u32, threads: usize, units: usize) -> ExecConfig {
-    ExecConfig {
-        shape: Shape::new(depth, branching).unwrap(),
+    exec_config(
+        Shape::new(depth, branching).unwrap(),
         threads,
         units,
-        micro_batch: MB,
-        seq_len: SEQ,
-        pin_threads: false,
-        max_retries: 1,
-        recompute_blocks: false,
-    }
+        MB,
+        SEQ,
+    )
+}
+
+/// A hierarchy over `params()` and `Hashed`.
+fn hierarchy<A: Accumulator + Send + 'static>(acc: A, c: ExecConfig) -> Hierarchy<A, Portable>
+where
+    A::Cell: 'static,
+{
+    Hierarchy::new(MODEL, params(), acc, Portable, Arc::new(HASHED), c).unwrap()
 }
 
 /// The mean gradient computed on one core by the core's reference driver.
 fn sequential<A: Accumulator>(acc: &A, shape: Shape, units: usize, step: u64) -> Vec<f32> {
-    let p = params();
-    let n = p.len();
-    let mut bufs = vec![0.0f32; sequential_f32_len::<A>(shape.depth(), n)];
-    let mut cells: Vec<A::Cell> = (0..sequential_cell_len::<A>(n))
-        .map(|_| acc.zero_cell())
-        .collect();
-    let mut out = vec![0.0f32; n];
-    let mut work = vec![0.0f32; MODEL.activation_len(MB, SEQ)];
-    let (mut tok, mut tgt) = (vec![0u32; MB * SEQ], vec![0u32; MB * SEQ]);
-    reduce_sequential(
+    let out = sequential_sum(
         acc,
+        &MODEL,
+        &params(),
         shape,
         units,
-        &mut bufs,
-        &mut cells,
-        &mut out,
-        |u, g| {
-            Hashed.fill_train(step, u, &mut tok, &mut tgt);
-            model::forward(&Portable, &MODEL, &p, &mut work, &tok, Some(&tgt), MB, SEQ).unwrap();
-            model::backward(&Portable, &MODEL, &p, g, &mut work, &tok, &tgt, MB, SEQ).unwrap();
-        },
-    )
-    .unwrap();
+        (MB, SEQ),
+        |u, tok, tgt| HASHED.fill_train(step, u, tok, tgt),
+    );
     let inv = 1.0 / units as f32;
     out.iter().map(|x| x * inv).collect()
 }
@@ -109,8 +68,7 @@ fn parallel<A: Accumulator + Send + Clone + 'static>(acc: &A, c: ExecConfig, ste
 where
     A::Cell: 'static,
 {
-    let mut h =
-        Hierarchy::new(MODEL, params(), acc.clone(), Portable, Arc::new(Hashed), c).unwrap();
+    let mut h = hierarchy(acc.clone(), c);
     h.compute_gradients(step).unwrap();
     let after = h.gradients().to_vec();
     // Reduced while backward runs: the same bits.
@@ -120,13 +78,9 @@ where
     after
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 #[test]
 fn f32_matches_sequential_for_every_thread_count() {
-    for &(d, b, units) in &[
+    for (d, b, units) in [
         (0, 12, 5),
         (1, 12, 12),
         (1, 3, 7),
@@ -156,53 +110,44 @@ fn f32_depends_on_the_shape() {
 
 #[test]
 fn fixed_point_is_identical_for_every_shape_and_thread_count() {
-    let acc = FixedAcc::default();
-    let want = bits(&sequential(&acc, Shape::new(0, 1).unwrap(), 11, 5));
-    for d in 0..=3u32 {
-        for b in [1u32, 2, 5, 12] {
-            for threads in [1usize, 2, 3] {
-                let got = bits(&parallel(&acc, cfg(d, b, threads, 11), 5));
-                assert!(
-                    got == want,
-                    "fixed depth {d} branching {b} threads {threads}"
-                );
-            }
+    let shapes: Vec<(u32, u32)> = (0..=3u32)
+        .flat_map(|d| [1u32, 2, 5, 12].map(|b| (d, b)))
+        .collect();
+    same_for_every_shape(&FixedAcc::default(), "fixed", 11, 5, &shapes, &[1, 2, 3]);
+}
+
+/// An associative accumulator's parallel gradient has the bits of the
+/// sequential one over a flat tree, for every shape and thread count given.
+fn same_for_every_shape<A: Accumulator + Send + Clone + 'static>(
+    acc: &A,
+    name: &str,
+    units: usize,
+    step: u64,
+    shapes: &[(u32, u32)],
+    thread_counts: &[usize],
+) where
+    A::Cell: 'static,
+{
+    let want = bits(&sequential(acc, Shape::new(0, 1).unwrap(), units, step));
+    for &(d, b) in shapes {
+        for &threads in thread_counts {
+            let got = bits(&parallel(acc, cfg(d, b, threads, units), step));
+            assert!(
+                got == want,
+                "{name} depth {d} branching {b} threads {threads}"
+            );
         }
     }
 }
 
 #[test]
 fn train_step_updates_parameters_identically() {
-    let opt = Optimizer::AdamW(AdamW {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.99,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    });
+    let opt = adamw(0.1);
     let run = |threads: usize| {
-        let mut h = Hierarchy::new(
-            MODEL,
-            params(),
-            F32Acc,
-            Portable,
-            Arc::new(Hashed),
-            cfg(1, 4, threads, 8),
-        )
-        .unwrap();
+        let mut h = hierarchy(F32Acc, cfg(1, 4, threads, 8));
         let mut losses = Vec::new();
         for step in 0..5u64 {
-            let s = h
-                .train_step(
-                    step,
-                    UpdateSettings {
-                        optimizer: opt,
-                        lr: 1e-2,
-                        grad_clip: 1.0,
-                        t: step + 1,
-                    },
-                )
-                .unwrap();
+            let s = h.train_step(step, update_at(opt, 1.0, step + 1)).unwrap();
             losses.push(s.loss.to_bits());
         }
         let eval = h.evaluate().unwrap().unwrap();
@@ -217,25 +162,13 @@ fn train_step_updates_parameters_identically() {
 
 #[test]
 fn into_params_hands_back_the_trained_parameters() {
-    let mut h = Hierarchy::new(
-        MODEL,
-        params(),
-        F32Acc,
-        Portable,
-        Arc::new(Hashed),
-        cfg(1, 4, 2, 8),
-    )
-    .unwrap();
-    let up = UpdateSettings {
-        optimizer: Optimizer::Sgd(cllm_core::optim::Sgd {
-            lr: 1e-2,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        }),
+    let mut h = hierarchy(F32Acc, cfg(1, 4, 2, 8));
+    let sgd = Optimizer::Sgd(cllm_core::optim::Sgd {
         lr: 1e-2,
-        grad_clip: 0.0,
-        t: 1,
-    };
+        momentum: 0.0,
+        weight_decay: 0.0,
+    });
+    let up = update_at(sgd, 0.0, 1);
     h.train_step(0, up).unwrap();
     let want = bits(h.params());
     assert_ne!(want, bits(&params()), "parameters moved");
@@ -246,7 +179,7 @@ fn into_params_hands_back_the_trained_parameters() {
 fn a_failed_unit_is_recomputed_with_the_same_result() {
     let c = cfg(1, 12, 2, 12);
     let want = bits(&parallel(&F32Acc, c, 2));
-    let mut h = Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c).unwrap();
+    let mut h = hierarchy(F32Acc, c);
     h.inject_failure(Some(FailureInjection {
         step: 2,
         unit: 5,
@@ -259,42 +192,26 @@ fn a_failed_unit_is_recomputed_with_the_same_result() {
 
 #[test]
 fn a_repeating_failure_fails_the_step_without_hanging() {
+    fn failing_twice<A: Accumulator + Send + 'static>(
+        acc: A,
+    ) -> (Result<StepStats, ExecError>, Result<StepStats, ExecError>)
+    where
+        A::Cell: 'static,
+    {
+        let mut h = hierarchy(acc, cfg(2, 3, 3, 9));
+        h.inject_failure(Some(FailureInjection {
+            step: 0,
+            unit: 4,
+            times: 5,
+        }));
+        let r = h.compute_gradients(0);
+        let again = h.compute_gradients(1);
+        (r, again)
+    }
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for acc_is_fixed in [false, true] {
-            let c = cfg(2, 3, 3, 9);
-            let r = if acc_is_fixed {
-                let mut h = Hierarchy::new(
-                    MODEL,
-                    params(),
-                    FixedAcc::default(),
-                    Portable,
-                    Arc::new(Hashed),
-                    c,
-                )
-                .unwrap();
-                h.inject_failure(Some(FailureInjection {
-                    step: 0,
-                    unit: 4,
-                    times: 5,
-                }));
-                let r = h.compute_gradients(0);
-                let again = h.compute_gradients(1);
-                (r, again)
-            } else {
-                let mut h =
-                    Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c).unwrap();
-                h.inject_failure(Some(FailureInjection {
-                    step: 0,
-                    unit: 4,
-                    times: 5,
-                }));
-                let r = h.compute_gradients(0);
-                let again = h.compute_gradients(1);
-                (r, again)
-            };
-            tx.send(r).unwrap();
-        }
+        tx.send(failing_twice(F32Acc)).unwrap();
+        tx.send(failing_twice(FixedAcc::default())).unwrap();
     });
     for _ in 0..2 {
         let (r, again) = rx
@@ -315,34 +232,18 @@ fn a_repeating_failure_fails_the_step_without_hanging() {
 #[test]
 fn gradient_memory_does_not_grow_with_the_tree() {
     let c = cfg(3, 12, 2, 12); // 1,885 logical spheres
-    let h = Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c).unwrap();
+    let h = hierarchy(F32Acc, c);
     // f32: `width + depth + 1`; rounds are two units per worker wide when
     // the extra buffers fit in 32 MiB (this model's do), else one.
     assert_eq!(h.gradient_buffers(), 2 * 2 + 3 + 1);
     assert_eq!(reduction_buffers(&c, false, 1 << 20), (2 * 2 + 3 + 1, 0));
     assert_eq!(reduction_buffers(&c, false, 5 << 20), (2 + 3 + 1, 0));
-    let h = Hierarchy::new(
-        MODEL,
-        params(),
-        FixedAcc::default(),
-        Portable,
-        Arc::new(Hashed),
-        c,
-    )
-    .unwrap();
+    let h = hierarchy(FixedAcc::default(), c);
     // Associative: per worker one accumulator plus its share of unit
     // buffers (6 units each here), whatever the depth.
     assert_eq!(h.gradient_buffers(), 2 * (1 + 6));
     let flat = cfg(0, 12, 2, 12);
-    let h0 = Hierarchy::new(
-        MODEL,
-        params(),
-        FixedAcc::default(),
-        Portable,
-        Arc::new(Hashed),
-        flat,
-    )
-    .unwrap();
+    let h0 = hierarchy(FixedAcc::default(), flat);
     assert_eq!(h0.gradient_buffers(), h.gradient_buffers());
 }
 
@@ -358,9 +259,7 @@ where
         for units in 1..=3 {
             for threads in [1usize, 2, 3, 5] {
                 let c = cfg(d, b, threads, units);
-                let mut h =
-                    Hierarchy::new(MODEL, params(), acc.clone(), Portable, Arc::new(Hashed), c)
-                        .unwrap();
+                let mut h = hierarchy(acc.clone(), c);
                 if !A::ASSOCIATIVE {
                     let width = (2 * threads).min(units) as u32;
                     assert_eq!(h.gradient_buffers(), (width + d + 1) as usize);
@@ -395,7 +294,7 @@ fn the_trainer_memory_estimate_is_what_the_hierarchy_holds() {
     where
         A::Cell: 'static,
     {
-        let h = Hierarchy::new(MODEL, params(), acc, Portable, Arc::new(Hashed), c).unwrap();
+        let h = hierarchy(acc, c);
         assert_eq!(
             estimate_memory(&MODEL, &c, kind, 0),
             (h.memory_bytes() as u128, h.gradient_buffers()),
@@ -417,16 +316,8 @@ fn the_trainer_memory_estimate_is_what_the_hierarchy_holds() {
 #[test]
 fn exact_is_identical_for_every_shape_and_thread_count() {
     use cllm_core::accumulate::ExactAcc;
-    let want = bits(&sequential(&ExactAcc, Shape::new(0, 1).unwrap(), 13, 2));
-    for (d, b) in [(0u32, 12u32), (1, 12), (2, 3), (3, 2), (1, 1)] {
-        for threads in [1usize, 2, 3, 4] {
-            let got = bits(&parallel(&ExactAcc, cfg(d, b, threads, 13), 2));
-            assert!(
-                got == want,
-                "exact depth {d} branching {b} threads {threads}"
-            );
-        }
-    }
+    let shapes = [(0, 12), (1, 12), (2, 3), (3, 2), (1, 1)];
+    same_for_every_shape(&ExactAcc, "exact", 13, 2, &shapes, &[1, 2, 3, 4]);
 }
 
 #[test]
@@ -434,22 +325,22 @@ fn bad_configs_are_errors() {
     let mut c = cfg(1, 12, 2, 12);
     c.seq_len = 9;
     assert!(matches!(
-        Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c),
+        Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(HASHED), c),
         Err(ExecError::Config(_))
     ));
     let c = cfg(1, 12, 0, 12);
     assert!(matches!(
-        Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(Hashed), c),
+        Hierarchy::new(MODEL, params(), F32Acc, Portable, Arc::new(HASHED), c),
         Err(ExecError::Config(_))
     ));
     let c = cfg(1, 12, 2, 12);
     assert!(matches!(
-        Hierarchy::new(MODEL, vec![0.0; 3], F32Acc, Portable, Arc::new(Hashed), c),
+        Hierarchy::new(MODEL, vec![0.0; 3], F32Acc, Portable, Arc::new(HASHED), c),
         Err(ExecError::Config(_))
     ));
 }
 
-/// `Hashed`, but the worker that fetches unit 0 sleeps first, as if its vCPU
+/// `HASHED`, but the worker that fetches unit 0 sleeps first, as if its vCPU
 /// had been preempted.
 struct SlowFirstUnit;
 
@@ -458,7 +349,7 @@ impl UnitSource for SlowFirstUnit {
         if unit == 0 {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        Hashed.fill_train(step, unit, tokens, targets)
+        HASHED.fill_train(step, unit, tokens, targets)
     }
 }
 
@@ -532,27 +423,8 @@ fn phase_times_account_for_each_worker_within_the_step() {
     where
         A::Cell: 'static,
     {
-        let mut h = Hierarchy::new(
-            MODEL,
-            params(),
-            acc,
-            Portable,
-            Arc::new(Hashed),
-            cfg(1, 4, 3, 8),
-        )
-        .unwrap();
-        let up = UpdateSettings {
-            optimizer: Optimizer::AdamW(AdamW {
-                lr: 1e-2,
-                beta1: 0.9,
-                beta2: 0.99,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            }),
-            lr: 1e-2,
-            grad_clip: 1.0,
-            t: 1,
-        };
+        let mut h = hierarchy(acc, cfg(1, 4, 3, 8));
+        let up = update_at(adamw(0.0), 1.0, 1);
         for step in 0..3 {
             let start = std::time::Instant::now();
             h.train_step(step, up).unwrap();

@@ -9,65 +9,23 @@ use std::sync::Arc;
 
 use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
 use cllm_core::kernels::Portable;
-use cllm_core::model::{self, GptConfig};
-use cllm_core::optim::AdamW;
-use cllm_core::reduce::{reduce_sequential, sequential_cell_len, sequential_f32_len, Segments};
+use cllm_core::model::GptConfig;
+use cllm_core::reduce::Segments;
 use cllm_core::tree::Shape;
 use cllm_std::exec::{
-    leaf_block_units, ExecConfig, ExecError, Hierarchy, Optimizer, UnitSource, UpdateSettings,
+    leaf_block_units, ExecConfig, ExecError, Hierarchy, UnitSource, UpdateSettings,
+};
+
+mod common;
+use common::{
+    adamw, bits, exec_config, hashed_token, sequential_sum, small_gpt, spread_params, update_at,
+    Hashed,
 };
 
 /// Large enough for several segments (SEGMENT_LEN = 4096).
-const MODEL: GptConfig = GptConfig {
-    vocab_size: 13,
-    n_positions: 8,
-    n_embd: 32,
-    n_layer: 1,
-    n_head: 2,
-    untied_head: false,
-};
+const MODEL: GptConfig = small_gpt(13, 32, 1);
 const SEQ: usize = 6;
 const MB: usize = 1;
-
-struct Hashed;
-
-fn token(step: u64, unit: usize, i: usize) -> u32 {
-    let mut z = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (unit as u64) << 20 ^ i as u64;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) % MODEL.vocab_size as u64) as u32
-}
-
-impl UnitSource for Hashed {
-    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
-        for i in 0..tokens.len() {
-            tokens[i] = token(step, unit, i);
-            targets[i] = token(step, unit, i + 1);
-        }
-    }
-}
-
-fn params() -> Vec<f32> {
-    let mut p = vec![0.0; MODEL.num_params()];
-    model::init_params(&MODEL, &mut p, 7).unwrap();
-    for (i, x) in p.iter_mut().enumerate() {
-        *x += ((i * 7919 % 1000) as f32 - 500.0) * 1e-3;
-    }
-    p
-}
-
-fn cfg(shape: Shape, threads: usize, units: usize) -> ExecConfig {
-    ExecConfig {
-        shape,
-        threads,
-        units,
-        micro_batch: MB,
-        seq_len: SEQ,
-        pin_threads: false,
-        max_retries: 1,
-        recompute_blocks: false,
-    }
-}
 
 fn hierarchy<A: Accumulator + Send + 'static>(
     acc: A,
@@ -77,26 +35,21 @@ fn hierarchy<A: Accumulator + Send + 'static>(
 where
     A::Cell: 'static,
 {
-    Hierarchy::new(MODEL, p, acc, Portable, Arc::new(Hashed), c).unwrap()
+    Hierarchy::new(MODEL, p, acc, Portable, Arc::new(HASHED), c).unwrap()
+}
+
+const HASHED: Hashed = Hashed::new(hashed_token, MODEL.vocab_size, 0);
+
+fn params() -> Vec<f32> {
+    spread_params(&MODEL)
+}
+
+fn cfg(shape: Shape, threads: usize, units: usize) -> ExecConfig {
+    exec_config(shape, threads, units, MB, SEQ)
 }
 
 fn update(t: u64) -> UpdateSettings {
-    UpdateSettings {
-        optimizer: Optimizer::AdamW(AdamW {
-            lr: 1e-2,
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        }),
-        lr: 1e-2,
-        grad_clip: 0.5,
-        t,
-    }
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+    update_at(adamw(0.1), 0.5, t)
 }
 
 /// Contiguous blocks of the leaves, as ranks get them.
@@ -137,7 +90,7 @@ where
                 params(),
                 acc.clone(),
                 Portable,
-                Arc::new(Hashed),
+                Arc::new(HASHED),
                 c,
                 shard.clone(),
             )
@@ -280,30 +233,19 @@ fn f32_block_is_the_fold_of_its_units() {
     let p = params();
     for leaves in [0..2, 2..4, 1..3, 3..3] {
         let us = leaf_block_units(shape, units, leaves.clone());
-        let n = p.len();
-        let mut bufs = vec![0.0f32; sequential_f32_len::<F32Acc>(shape.depth(), n)];
-        let mut cells = vec![0.0f32; sequential_cell_len::<F32Acc>(n)];
-        let mut want = vec![0.0f32; n];
-        let mut work = vec![0.0f32; MODEL.activation_len(MB, SEQ)];
-        let (mut tok, mut tgt) = (vec![0u32; MB * SEQ], vec![0u32; MB * SEQ]);
-        if !us.is_empty() {
-            reduce_sequential(
+        let want = if us.is_empty() {
+            vec![0.0f32; p.len()]
+        } else {
+            sequential_sum(
                 &F32Acc,
+                &MODEL,
+                &p,
                 shape,
                 us.len(),
-                &mut bufs,
-                &mut cells,
-                &mut want,
-                |u, g| {
-                    Hashed.fill_train(3, us.start + u, &mut tok, &mut tgt);
-                    model::forward(&Portable, &MODEL, &p, &mut work, &tok, Some(&tgt), MB, SEQ)
-                        .unwrap();
-                    model::backward(&Portable, &MODEL, &p, g, &mut work, &tok, &tgt, MB, SEQ)
-                        .unwrap();
-                },
+                (MB, SEQ),
+                |u, tok, tgt| HASHED.fill_train(3, us.start + u, tok, tgt),
             )
-            .unwrap();
-        }
+        };
         for threads in [1, 3] {
             let mut h = hierarchy(F32Acc, cfg(shape, threads, units), p.clone());
             let s = h.compute_partial(3, leaves.clone()).unwrap();
@@ -351,7 +293,7 @@ fn a_sharded_hierarchy_updates_only_its_shard() {
             params(),
             ExactAcc,
             Portable,
-            Arc::new(Hashed),
+            Arc::new(HASHED),
             cfg(shape, 2, 4),
             shard,
         )

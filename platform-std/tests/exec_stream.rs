@@ -7,43 +7,26 @@ use std::sync::Arc;
 use cllm_core::accumulate::{Accumulator, ExactAcc, F32Acc, FixedAcc};
 use cllm_core::kernels::Portable;
 use cllm_core::model::{self, GptConfig};
-use cllm_core::optim::AdamW;
 use cllm_core::reduce::SEGMENT_LEN;
 use cllm_core::tree::Shape;
-use cllm_std::exec::{ExecConfig, Hierarchy, Optimizer, UnitSource, UpdateSettings};
+use cllm_std::exec::{ExecConfig, Hierarchy};
+
+mod common;
+use common::{adamw, bits, exec_config, small_gpt, update_at, Hashed};
 
 /// Several blocks and about twenty segments, so that segments really are
 /// reduced while lower blocks are still in backward.
-const MODEL: GptConfig = GptConfig {
-    vocab_size: 40,
-    n_positions: 8,
-    n_embd: 48,
-    n_layer: 3,
-    n_head: 2,
-    untied_head: false,
-};
+const MODEL: GptConfig = small_gpt(40, 48, 3);
 const SEQ: usize = 6;
 const MB: usize = 2;
 
-struct Hashed;
-
-impl UnitSource for Hashed {
-    fn fill_train(&self, step: u64, unit: usize, tokens: &mut [u32], targets: &mut [u32]) {
-        let tok = |i: usize| {
-            let z = (step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (unit as u64) << 20 ^ i as u64)
-                .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            ((z ^ (z >> 31)) % MODEL.vocab_size as u64) as u32
-        };
-        for i in 0..tokens.len() {
-            tokens[i] = tok(i);
-            targets[i] = tok(i + 1);
-        }
-    }
+fn token(vocab: usize, step: u64, unit: usize, i: usize) -> u32 {
+    let z = (step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (unit as u64) << 20 ^ i as u64)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    ((z ^ (z >> 31)) % vocab as u64) as u32
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+const HASHED: Hashed = Hashed::new(token, MODEL.vocab_size, 0);
 
 fn hierarchy<A: Accumulator + Send + 'static>(
     model: GptConfig,
@@ -70,16 +53,17 @@ where
     let mut p = vec![0.0; model.num_params()];
     model::init_params(&model, &mut p, 3).unwrap();
     let cfg = ExecConfig {
-        shape: Shape::new(depth, branching).unwrap(),
-        threads,
-        units,
-        micro_batch: MB,
-        seq_len: SEQ,
-        pin_threads: false,
         max_retries: 0,
         recompute_blocks,
+        ..exec_config(
+            Shape::new(depth, branching).unwrap(),
+            threads,
+            units,
+            MB,
+            SEQ,
+        )
     };
-    let mut h = Hierarchy::new(model, p, acc, Portable, Arc::new(Hashed), cfg).unwrap();
+    let mut h = Hierarchy::new(model, p, acc, Portable, Arc::new(HASHED), cfg).unwrap();
     h.set_streaming(stream);
     h
 }
@@ -111,25 +95,10 @@ fn run_with<A: Accumulator + Send + 'static>(
 where
     A::Cell: 'static,
 {
-    let optimizer = Optimizer::AdamW(AdamW {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.99,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    });
     let mut losses = Vec::new();
     for step in 0..2u64 {
         let s = h
-            .train_step(
-                step,
-                UpdateSettings {
-                    optimizer,
-                    lr: 1e-2,
-                    grad_clip: 1.0,
-                    t: step + 1,
-                },
-            )
+            .train_step(step, update_at(adamw(0.1), 1.0, step + 1))
             .unwrap();
         losses.push(s.loss.to_bits());
         losses.push(s.grad_norm.to_bits());

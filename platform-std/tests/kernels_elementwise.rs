@@ -28,35 +28,25 @@
 //!   product's rounding, in any summation order, carried by `p`).
 
 use cllm_core::kernels::Kernels;
-use cllm_std::kernels::{AdamW, KernelChoice, SimdKernels};
+use cllm_std::kernels::{AdamW, SimdKernels};
+
+mod kernel_util;
+use kernel_util::{available, fill, first_bit_difference, ALL_CHOICES};
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
 fn kernels() -> Vec<SimdKernels> {
-    let mut v = Vec::new();
-    for choice in [
-        KernelChoice::Portable,
-        KernelChoice::Avx2,
-        KernelChoice::Avx512,
-    ] {
-        match SimdKernels::new(choice) {
-            Ok(k) => v.push(k),
-            Err(e) => eprintln!("skipping {choice:?}: {e}"),
-        }
-    }
-    v
+    available(&ALL_CHOICES[..3])
 }
 
-fn fill(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+/// `fill` with every value multiplied by `mul`.
+fn fill_scaled(n: usize, seed: u64, mul: f32) -> Vec<f32> {
+    fill(n, seed).iter().map(|v| v * mul).collect()
+}
+
+/// `fill` with every value multiplied by `mul`, then `add` added.
+fn fill_affine(n: usize, seed: u64, mul: f32, add: f32) -> Vec<f32> {
+    fill(n, seed).iter().map(|v| v * mul + add).collect()
 }
 
 /// Distance in representable floats (both finite, or both the same inf).
@@ -231,7 +221,7 @@ fn gelu_forward_accuracy() {
 fn gelu_backward_accuracy() {
     let xs = gelu_inputs();
     let n = xs.len();
-    let dout: Vec<f32> = fill(n, 5).iter().map(|v| v * 3.0).collect();
+    let dout: Vec<f32> = fill_scaled(n, 5, 3.0);
     let dinp0 = fill(n, 6);
     for kern in kernels() {
         let mut dinp = dinp0.clone();
@@ -264,7 +254,7 @@ fn gelu_backward_accuracy() {
 fn elementwise_tails_stay_in_bounds() {
     for kern in kernels() {
         for &n in &LENS {
-            let x: Vec<f32> = fill(n, n as u64).iter().map(|v| v * 5.0).collect();
+            let x: Vec<f32> = fill_scaled(n, n as u64, 5.0);
             let mut out = with_tail(&vec![0.0; n]);
             kern.gelu_forward(&mut out[..n], &x);
             tail_intact(&out, n, "gelu_forward");
@@ -306,10 +296,7 @@ fn softmax_accuracy() {
     for kern in kernels() {
         for &cols in &[1usize, 3, 8, 15, 16, 17, 33, 64, 65, 256, 1000] {
             let rows = 5;
-            let x: Vec<f32> = fill(rows * cols, cols as u64)
-                .iter()
-                .map(|v| v * 20.0)
-                .collect();
+            let x: Vec<f32> = fill_scaled(rows * cols, cols as u64, 20.0);
             let mut out = vec![0.0; rows * cols];
             kern.softmax_rows(&mut out, &x, cols);
             for r in 0..rows {
@@ -350,10 +337,7 @@ fn layernorm_forward_accuracy() {
     for kern in kernels() {
         for &c in &[1usize, 7, 16, 17, 64, 128, 384, 385] {
             let rows = 6;
-            let x: Vec<f32> = fill(rows * c, c as u64)
-                .iter()
-                .map(|v| v * 2.0 + 0.3)
-                .collect();
+            let x: Vec<f32> = fill_affine(rows * c, c as u64, 2.0, 0.3);
             let w: Vec<f32> = fill(c, 1).iter().map(|v| v + 1.0).collect();
             let b = fill(c, 2);
             let mut out = with_tail(&vec![0.0; rows * c]);
@@ -392,10 +376,7 @@ fn layernorm_backward_accuracy() {
     for kern in kernels() {
         for &c in &[1usize, 7, 16, 17, 128, 385] {
             let rows = 5;
-            let x: Vec<f32> = fill(rows * c, c as u64)
-                .iter()
-                .map(|v| v * 2.0 + 0.3)
-                .collect();
+            let x: Vec<f32> = fill_affine(rows * c, c as u64, 2.0, 0.3);
             let w: Vec<f32> = fill(c, 1).iter().map(|v| v + 1.0).collect();
             let b = fill(c, 2);
             let dout = fill(rows * c, 3);
@@ -481,8 +462,8 @@ fn layernorm_backward_accuracy() {
 fn adamw_accuracy() {
     let n = 1003;
     let p0: Vec<f32> = fill(n, 1);
-    let g: Vec<f32> = fill(n, 2).iter().map(|v| v * 0.1).collect();
-    let m0: Vec<f32> = fill(n, 3).iter().map(|v| v * 0.01).collect();
+    let g: Vec<f32> = fill_scaled(n, 2, 0.1);
+    let m0: Vec<f32> = fill_scaled(n, 3, 0.01);
     let v0: Vec<f32> = fill(n, 4).iter().map(|v| v.abs() * 1e-3).collect();
     let mut hp = AdamW::at_step(3e-4, 0.9, 0.95, 1e-8, 0.1, 7);
     // The clipping factor scales every gradient before use.
@@ -529,7 +510,7 @@ fn adamw_accuracy() {
 #[test]
 fn deterministic_bits() {
     let n = 4099;
-    let x: Vec<f32> = fill(n, 9).iter().map(|v| v * 6.0).collect();
+    let x: Vec<f32> = fill_scaled(n, 9, 6.0);
     let g = fill(n, 10);
     let c = 97;
     let rows = n / c;
@@ -593,10 +574,7 @@ fn describe_names_the_path() {
 fn logsumexp_and_crossentropy_rows() {
     use cllm_core::kernels::Kernels;
     for cols in [1usize, 7, 16, 65, 256, 1001] {
-        let x: Vec<f32> = fill(cols, cols as u64)
-            .iter()
-            .map(|v| v * 12.0 + 3.0)
-            .collect();
+        let x: Vec<f32> = fill_affine(cols, cols as u64, 12.0, 3.0);
         let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
         let lse = max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
         let n = 37.0f64;
@@ -646,8 +624,8 @@ fn seam_adamw_matches_portable() {
     use cllm_core::kernels::{AdamWStep, Kernels, Portable};
     let n = 517;
     let p0 = fill(n, 21);
-    let g: Vec<f32> = fill(n, 22).iter().map(|v| v * 0.3).collect();
-    let m0: Vec<f32> = fill(n, 23).iter().map(|v| v * 0.01).collect();
+    let g: Vec<f32> = fill_scaled(n, 22, 0.3);
+    let m0: Vec<f32> = fill_scaled(n, 23, 0.01);
     let v0: Vec<f32> = fill(n, 24).iter().map(|v| v.abs() * 1e-3).collect();
     let c = AdamWStep {
         lr: 1e-3,
@@ -693,14 +671,11 @@ fn seam_adamw_matches_portable() {
 fn gelu_forward_grad_equals_the_separate_kernels() {
     let sweep = gelu_inputs();
     let mut inputs: Vec<Vec<f32>> = vec![sweep];
-    inputs.extend(
-        LENS.iter()
-            .map(|&n| fill(n, 40 + n as u64).iter().map(|v| v * 6.0).collect()),
-    );
+    inputs.extend(LENS.iter().map(|&n| fill_scaled(n, 40 + n as u64, 6.0)));
     for kern in kernels() {
         for x in &inputs {
             let n = x.len();
-            let dout: Vec<f32> = fill(n, 9).iter().map(|v| v * 2.0).collect();
+            let dout: Vec<f32> = fill_scaled(n, 9, 2.0);
             let mut want_y = vec![0.0; n];
             kern.gelu_forward(&mut want_y, x);
             let mut want_d = vec![0.0; n];
@@ -746,16 +721,10 @@ fn add_mul_and_row_sums_equal_portable() {
             let mut out = with_tail(&vec![0.0; n]);
             kern.add(&mut out[..n], &a, &b);
             tail_intact(&out, n, "add");
-            assert!(out[..n]
-                .iter()
-                .zip(&want_s)
-                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(first_bit_difference(&out[..n], &want_s).is_none());
             kern.mul(&mut out[..n], &a, &b);
             tail_intact(&out, n, "mul");
-            assert!(out[..n]
-                .iter()
-                .zip(&want_p)
-                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(first_bit_difference(&out[..n], &want_p).is_none());
             for rows in [1, 3, 70] {
                 // Rows of very different sizes, so the order of the adds shows.
                 let m: Vec<f32> = fill(n * rows, 80 + n as u64)
@@ -769,10 +738,7 @@ fn add_mul_and_row_sums_equal_portable() {
                 let mut acc = with_tail(&acc0);
                 kern.add_rows(&mut acc[..n], &m);
                 tail_intact(&acc, n, "add_rows");
-                let bad = acc[..n]
-                    .iter()
-                    .zip(&want)
-                    .position(|(x, y)| x.to_bits() != y.to_bits());
+                let bad = first_bit_difference(&acc[..n], &want);
                 assert_eq!(bad, None, "{} add_rows {rows}x{n}", kern.describe());
             }
         }
@@ -786,7 +752,7 @@ fn softmax_backward_row_accuracy() {
             let x = fill(n, 100 + n as u64);
             let mut p = vec![0.0f32; n];
             kern.softmax_row(&mut p, &x);
-            let d0: Vec<f32> = fill(n, 101 + n as u64).iter().map(|v| v * 3.0).collect();
+            let d0: Vec<f32> = fill_scaled(n, 101 + n as u64, 3.0);
             let scale = 0.176_776_7f32;
             let dot: f64 = p.iter().zip(&d0).map(|(&a, &b)| a as f64 * b as f64).sum();
             let abs_dot: f64 = p
@@ -826,27 +792,18 @@ fn scaled_softmax_row_equals_scaling_then_softmax() {
     for kern in kernels() {
         for &n in &LENS {
             for (shift, scale) in [(0.0f32, 0.176_776_7f32), (-50.0, 1.0), (30.0, 0.125)] {
-                let x: Vec<f32> = fill(n, 110 + n as u64)
-                    .iter()
-                    .map(|v| v * 8.0 + shift)
-                    .collect();
+                let x: Vec<f32> = fill_affine(n, 110 + n as u64, 8.0, shift);
                 let scaled: Vec<f32> = x.iter().map(|v| v * scale).collect();
                 let mut want = vec![0.0; n];
                 kern.softmax_row(&mut want, &scaled);
                 let mut row = with_tail(&x);
                 kern.scaled_softmax_row(&mut row[..n], scale);
                 tail_intact(&row, n, "scaled_softmax_row");
-                let bad = row[..n]
-                    .iter()
-                    .zip(&want)
-                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                let bad = first_bit_difference(&row[..n], &want);
                 assert_eq!(bad, None, "{} n={n} scale={scale}", kern.describe());
                 let mut seam = scaled.clone();
                 Kernels::softmax_row(&kern, &mut seam);
-                assert!(seam
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(first_bit_difference(&seam, &want).is_none());
             }
         }
     }
@@ -859,14 +816,10 @@ fn scaled_softmax_row_equals_scaling_then_softmax() {
 #[test]
 fn causal_softmax_equals_the_row_kernels() {
     use cllm_core::kernels::Kernels;
-    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
     for kern in kernels() {
         for t in [1, 2, 7, 17, 33, 64] {
             let scale = 0.176_776_7f32;
-            let s0: Vec<f32> = fill(t * t, 120 + t as u64)
-                .iter()
-                .map(|v| v * 9.0)
-                .collect();
+            let s0: Vec<f32> = fill_scaled(t * t, 120 + t as u64, 9.0);
             let mut want = s0.clone();
             for i in 0..t {
                 let row = &mut want[i * t..(i + 1) * t];
@@ -877,15 +830,12 @@ fn causal_softmax_equals_the_row_kernels() {
             Kernels::causal_softmax(&kern, &mut p[..t * t], t, scale);
             tail_intact(&p, t * t, "causal_softmax");
             assert!(
-                same(&p[..t * t], &want),
+                first_bit_difference(&p[..t * t], &want).is_none(),
                 "{} causal_softmax t={t}",
                 kern.describe()
             );
 
-            let d0: Vec<f32> = fill(t * t, 130 + t as u64)
-                .iter()
-                .map(|v| v * 2.0)
-                .collect();
+            let d0: Vec<f32> = fill_scaled(t * t, 130 + t as u64, 2.0);
             let mut want_d = d0.clone();
             for i in 0..t {
                 let row = &mut want_d[i * t..(i + 1) * t];
@@ -896,7 +846,7 @@ fn causal_softmax_equals_the_row_kernels() {
             Kernels::causal_softmax_backward(&kern, &mut d[..t * t], &want, t, scale);
             tail_intact(&d, t * t, "causal_softmax_backward");
             assert!(
-                same(&d[..t * t], &want_d),
+                first_bit_difference(&d[..t * t], &want_d).is_none(),
                 "{} causal_softmax_backward t={t}",
                 kern.describe()
             );

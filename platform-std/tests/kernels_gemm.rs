@@ -14,33 +14,11 @@
 use cllm_core::kernels::{Kernels, Mat, MatMut};
 use cllm_std::kernels::{sgemm, Isa, KernelChoice, SimdKernels, AMX_MIN_DIM};
 
-fn kernels() -> Vec<SimdKernels> {
-    let mut v = Vec::new();
-    for choice in [
-        KernelChoice::Portable,
-        KernelChoice::Avx2,
-        KernelChoice::Avx512,
-        KernelChoice::Amx,
-    ] {
-        match SimdKernels::new(choice) {
-            Ok(k) => v.push(k),
-            Err(e) => eprintln!("skipping {choice:?}: {e}"),
-        }
-    }
-    v
-}
+mod kernel_util;
+use kernel_util::{available, fill, first_bit_difference, ALL_CHOICES};
 
-/// Deterministic values in [-1, 1).
-fn fill(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+fn kernels() -> Vec<SimdKernels> {
+    available(&ALL_CHOICES)
 }
 
 /// How each operand is laid out in memory.
@@ -89,6 +67,18 @@ struct Case {
     n: usize,
     layout: Layout,
     accumulate: bool,
+}
+
+impl Case {
+    fn new((m, k, n): (usize, usize, usize), layout: Layout, accumulate: bool) -> Self {
+        Case {
+            m,
+            k,
+            n,
+            layout,
+            accumulate,
+        }
+    }
 }
 
 /// Runs one case on `kern`, checks it against the f64 reference, and
@@ -178,13 +168,7 @@ fn small_sizes_all_layouts_and_tails() {
                     // Every layout for every (m, n) tail, alternating accumulate.
                     for (l, &layout) in LAYOUTS.iter().enumerate() {
                         let accumulate = (m + n + t + l) % 2 == 0;
-                        let cs = Case {
-                            m,
-                            k,
-                            n,
-                            layout,
-                            accumulate,
-                        };
+                        let cs = Case::new((m, k, n), layout, accumulate);
                         check(&kern, &cs, (m * 1000 + n * 10 + k) as u64);
                     }
                 }
@@ -200,17 +184,7 @@ fn every_k_up_to_33() {
             for &(m, n) in &[(1, 1), (7, 9), (8, 32), (13, 47), (33, 33)] {
                 for &layout in &LAYOUTS {
                     for accumulate in [false, true] {
-                        check(
-                            &kern,
-                            &Case {
-                                m,
-                                k,
-                                n,
-                                layout,
-                                accumulate,
-                            },
-                            k as u64,
-                        );
+                        check(&kern, &Case::new((m, k, n), layout, accumulate), k as u64);
                     }
                 }
             }
@@ -237,13 +211,7 @@ fn block_boundaries() {
                 for accumulate in [false, true] {
                     check(
                         &kern,
-                        &Case {
-                            m,
-                            k,
-                            n,
-                            layout,
-                            accumulate,
-                        },
+                        &Case::new((m, k, n), layout, accumulate),
                         (m + k + n) as u64,
                     );
                 }
@@ -274,17 +242,7 @@ fn model_shapes() {
     for kern in kernels() {
         for &(m, k, n, layout) in &shapes {
             for accumulate in [false, true] {
-                check(
-                    &kern,
-                    &Case {
-                        m,
-                        k,
-                        n,
-                        layout,
-                        accumulate,
-                    },
-                    7,
-                );
+                check(&kern, &Case::new((m, k, n), layout, accumulate), 7);
             }
         }
     }
@@ -298,13 +256,7 @@ fn deterministic_bits() {
             (64, 513, 65, Layout::NT),
             (33, 700, 40, Layout::TN),
         ] {
-            let cs = Case {
-                m,
-                k,
-                n,
-                layout,
-                accumulate: true,
-            };
+            let cs = Case::new((m, k, n), layout, true);
             let first = check(&kern, &cs, 3);
             let again = check(&kern, &cs, 3);
             // A fresh thread starts with fresh packing buffers.
@@ -431,13 +383,7 @@ fn amx_tails_and_blocks() {
             for &k in &[d - 1, d, d + 1, d + 31, 512, 513] {
                 for (l, &layout) in LAYOUTS.iter().enumerate() {
                     let accumulate = (m + n + k + l) % 2 == 0;
-                    let cs = Case {
-                        m,
-                        k,
-                        n,
-                        layout,
-                        accumulate,
-                    };
+                    let cs = Case::new((m, k, n), layout, accumulate);
                     check(&kern, &cs, (m * 7 + n * 3 + k) as u64);
                 }
             }
@@ -451,17 +397,7 @@ fn amx_tails_and_blocks() {
         (2085, 70, d + 3),
     ] {
         for &layout in &[Layout::NN, Layout::NT, Layout::TN] {
-            check(
-                &kern,
-                &Case {
-                    m,
-                    k,
-                    n,
-                    layout,
-                    accumulate: false,
-                },
-                9,
-            );
+            check(&kern, &Case::new((m, k, n), layout, false), 9);
         }
     }
 }
@@ -608,10 +544,7 @@ fn product_epilogue_equals_gemm_then_product() {
                 }
                 let mut c = vec![sentinel; len];
                 kern.gemm_mul(a, b, &f[..len], MatMut::rows_strided(&mut c, m, n, rsc));
-                let bad = c
-                    .iter()
-                    .zip(&want)
-                    .position(|(p, q)| p.to_bits() != q.to_bits());
+                let bad = first_bit_difference(&c, &want);
                 assert_eq!(bad, None, "{what} mul");
             }
         }

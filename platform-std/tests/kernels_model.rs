@@ -5,6 +5,9 @@ use cllm_core::kernels::{Kernels, Portable};
 use cllm_core::model::{self, GptConfig};
 use cllm_std::kernels::{KernelChoice, SimdKernels};
 
+mod kernel_util;
+use kernel_util::{first_bit_difference, ALL_CHOICES};
+
 fn grads<K: Kernels<f32>>(
     k: &K,
     cfg: &GptConfig,
@@ -21,22 +24,34 @@ fn grads<K: Kernels<f32>>(
     (loss, g)
 }
 
-#[test]
-fn simd_model_matches_portable() {
+/// A model 64 wide (with 70+ token rows every big product runs on AMX
+/// tiles) over `vocab` tokens, GPT-2 init from `seed`, and `b × t` tokens
+/// and targets `i·tok_mul` and `i·tgt_mul` mod `vocab`.
+fn wide_case(
+    vocab: usize,
+    seed: u64,
+    (b, t): (usize, usize),
+    (tok_mul, tgt_mul): (usize, usize),
+) -> (GptConfig, Vec<f32>, Vec<u32>, Vec<u32>) {
     let cfg = GptConfig {
-        vocab_size: 67,
+        vocab_size: vocab,
         n_positions: 40,
-        // 64 wide: with 70+ token rows every big product runs on AMX tiles.
         n_embd: 64,
         n_layer: 2,
         n_head: 4,
         untied_head: false,
     };
-    let (b, t) = (3, 37);
     let mut p = vec![0.0; cfg.num_params()];
-    model::init_params(&cfg, &mut p, 3).unwrap();
-    let tok: Vec<u32> = (0..b * t).map(|i| (i * 31 % 67) as u32).collect();
-    let tgt: Vec<u32> = (0..b * t).map(|i| (i * 17 % 67) as u32).collect();
+    model::init_params(&cfg, &mut p, seed).unwrap();
+    let tok = (0..b * t).map(|i| (i * tok_mul % vocab) as u32).collect();
+    let tgt = (0..b * t).map(|i| (i * tgt_mul % vocab) as u32).collect();
+    (cfg, p, tok, tgt)
+}
+
+#[test]
+fn simd_model_matches_portable() {
+    let (b, t) = (3, 37);
+    let (cfg, p, tok, tgt) = wide_case(67, 3, (b, t), (31, 17));
     let (l0, g0) = grads(&Portable, &cfg, &p, &tok, &tgt, b, t);
     // AMX (bf16x3 GEMMs, 4× AVX-512's GEMM error bound) gets 4× the room.
     for (choice, room) in [(KernelChoice::Auto, 1.0), (KernelChoice::Amx, 4.0)] {
@@ -62,7 +77,7 @@ fn simd_model_matches_portable() {
         );
         let (l2, g2) = grads(&simd, &cfg, &p, &tok, &tgt, b, t);
         assert_eq!(l1.to_bits(), l2.to_bits());
-        assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(first_bit_difference(&g1, &g2).is_none());
     }
 }
 
@@ -124,26 +139,9 @@ fn cached_generation_equals_full_forward_with_each_kernel() {
 /// sign, which `==` ignores), and a second `backward_into` does not add.
 #[test]
 fn backward_into_equals_zeroing_then_backward_with_each_kernel() {
-    let cfg = GptConfig {
-        vocab_size: 53,
-        n_positions: 40,
-        // 64 wide: with 70+ token rows every big product runs on AMX tiles.
-        n_embd: 64,
-        n_layer: 2,
-        n_head: 4,
-        untied_head: false,
-    };
     let (b, t) = (2, 35);
-    let mut p = vec![0.0; cfg.num_params()];
-    model::init_params(&cfg, &mut p, 5).unwrap();
-    let tok: Vec<u32> = (0..b * t).map(|i| (i * 29 % 53) as u32).collect();
-    let tgt: Vec<u32> = (0..b * t).map(|i| (i * 13 % 53) as u32).collect();
-    for choice in [
-        KernelChoice::Portable,
-        KernelChoice::Avx2,
-        KernelChoice::Avx512,
-        KernelChoice::Amx,
-    ] {
+    let (cfg, p, tok, tgt) = wide_case(53, 5, (b, t), (29, 13));
+    for choice in ALL_CHOICES {
         let Ok(k) = SimdKernels::new(choice) else {
             continue;
         };
@@ -165,28 +163,11 @@ fn backward_into_equals_zeroing_then_backward_with_each_kernel() {
 /// longer sees the kept region refuses to run instead of reading garbage.
 #[test]
 fn kept_workspace_gives_the_recomputing_bits_with_each_kernel() {
-    let cfg = GptConfig {
-        vocab_size: 41,
-        n_positions: 40,
-        // 64 wide: with 70+ token rows every big product runs on AMX tiles.
-        n_embd: 64,
-        n_layer: 2,
-        n_head: 4,
-        untied_head: false,
-    };
     let (b, t) = (3, 37);
-    let mut p = vec![0.0; cfg.num_params()];
-    model::init_params(&cfg, &mut p, 9).unwrap();
-    let tok: Vec<u32> = (0..b * t).map(|i| (i * 23 % 41) as u32).collect();
-    let tgt: Vec<u32> = (0..b * t).map(|i| (i * 11 % 41) as u32).collect();
+    let (cfg, p, tok, tgt) = wide_case(41, 9, (b, t), (23, 11));
     let (short, long) = (cfg.activation_len(b, t), cfg.activation_len_kept(b, t));
     assert!(long > short);
-    for choice in [
-        KernelChoice::Portable,
-        KernelChoice::Avx2,
-        KernelChoice::Avx512,
-        KernelChoice::Amx,
-    ] {
+    for choice in ALL_CHOICES {
         let Ok(k) = SimdKernels::new(choice) else {
             continue;
         };
@@ -198,10 +179,7 @@ fn kept_workspace_gives_the_recomputing_bits_with_each_kernel() {
             assert_eq!(loss.to_bits(), want_loss.to_bits(), "{}", k.describe());
             g.fill(0.0);
             model::backward(&k, &cfg, &p, &mut g, &mut work, &tok, &tgt, b, t).unwrap();
-            let bad = g
-                .iter()
-                .zip(&want)
-                .position(|(a, b)| a.to_bits() != b.to_bits());
+            let bad = first_bit_difference(&g, &want);
             assert_eq!(bad, None, "{} round {round}", k.describe());
         }
         model::forward(&k, &cfg, &p, &mut work, &tok, Some(&tgt), b, t).unwrap();

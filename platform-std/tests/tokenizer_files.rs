@@ -10,19 +10,8 @@ use cllm_std::tokenizer::{
     WORD_SPECIALS,
 };
 
-/// Small deterministic generator for test inputs (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+mod common;
+use common::Rng;
 
 #[test]
 fn byte_round_trips_arbitrary_bytes() {

@@ -7,14 +7,25 @@ use cllm_core::real::Real;
 use cllm_core::rng::Rng;
 
 /// The gradient-check config of issue 3.
-pub const TINY: GptConfig = GptConfig {
-    vocab_size: 11,
-    n_positions: 8,
-    n_embd: 8,
-    n_layer: 2,
-    n_head: 2,
-    untied_head: false,
-};
+pub const TINY: GptConfig = gpt(11, 8, 8, 2, 2);
+
+/// A tied-head GPT config: vocabulary, context, width, layers, heads.
+pub const fn gpt(
+    vocab_size: usize,
+    n_positions: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+) -> GptConfig {
+    GptConfig {
+        vocab_size,
+        n_positions,
+        n_embd,
+        n_layer,
+        n_head,
+        untied_head: false,
+    }
+}
 
 /// `n` uniform token ids below `vocab`.
 pub fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
@@ -34,6 +45,18 @@ pub fn perturbed_params(cfg: &GptConfig, seed: u64, noise: f64) -> Vec<f64> {
     p
 }
 
+/// `p` rounded to f32, element by element.
+pub fn to_f32(p: &[f64]) -> Vec<f32> {
+    p.iter().map(|&x| x as f32).collect()
+}
+
+/// `perturbed_params` with noise 0.2, and the same rounded to f32.
+pub fn perturbed_f64_and_f32(cfg: &GptConfig, seed: u64) -> (Vec<f64>, Vec<f32>) {
+    let p64 = perturbed_params(cfg, seed, 0.2);
+    let p32 = to_f32(&p64);
+    (p64, p32)
+}
+
 /// Mean loss only.
 pub fn loss<R: Real>(
     cfg: &GptConfig,
@@ -44,17 +67,7 @@ pub fn loss<R: Real>(
     t: usize,
 ) -> R {
     let mut work = vec![R::ZERO; cfg.activation_len(b, t)];
-    model::forward(
-        &Portable,
-        cfg,
-        params,
-        &mut work,
-        tokens,
-        Some(targets),
-        b,
-        t,
-    )
-    .unwrap()
+    forward(cfg, params, &mut work, (tokens, targets), (b, t))
 }
 
 /// Mean loss and its gradient (into a zeroed buffer).
@@ -68,22 +81,23 @@ pub fn loss_and_grads<R: Real>(
 ) -> (R, Vec<R>) {
     let mut work = vec![R::ZERO; cfg.activation_len(b, t)];
     let mut grads = vec![R::ZERO; cfg.num_params()];
-    let l = model::forward(
-        &Portable,
-        cfg,
-        params,
-        &mut work,
-        tokens,
-        Some(targets),
-        b,
-        t,
-    )
-    .unwrap();
+    let l = forward(cfg, params, &mut work, (tokens, targets), (b, t));
     model::backward(
         &Portable, cfg, params, &mut grads, &mut work, tokens, targets, b, t,
     )
     .unwrap();
     (l, grads)
+}
+
+/// The portable forward pass with targets, leaving its activations in `work`.
+fn forward<R: Real>(
+    cfg: &GptConfig,
+    params: &[R],
+    work: &mut [R],
+    (tokens, targets): (&[u32], &[u32]),
+    (b, t): (usize, usize),
+) -> R {
+    model::forward(&Portable, cfg, params, work, tokens, Some(targets), b, t).unwrap()
 }
 
 /// Median of a non-empty slice (sorted copy).

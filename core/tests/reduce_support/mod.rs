@@ -16,6 +16,15 @@ pub struct ScaledAcc;
 
 const SCALE: f64 = (1u64 << 20) as f64;
 
+/// The length-mismatch error, at the shorter length, unless `a == b`.
+fn same_len(a: usize, b: usize) -> Result<(), AccError> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(AccError::new(AccErrorKind::LengthMismatch, a.min(b)))
+    }
+}
+
 impl Accumulator for ScaledAcc {
     type Cell = i64;
     const ASSOCIATIVE: bool = true;
@@ -30,12 +39,7 @@ impl Accumulator for ScaledAcc {
         cells.fill(0);
     }
     fn add(&self, cells: &mut [i64], xs: &[f32]) -> Result<(), AccError> {
-        if cells.len() != xs.len() {
-            return Err(AccError::new(
-                AccErrorKind::LengthMismatch,
-                cells.len().min(xs.len()),
-            ));
-        }
+        same_len(cells.len(), xs.len())?;
         for (i, (c, &x)) in cells.iter_mut().zip(xs).enumerate() {
             if !x.is_finite() {
                 return Err(AccError::new(AccErrorKind::NonFinite, i));
@@ -51,12 +55,7 @@ impl Accumulator for ScaledAcc {
         Ok(())
     }
     fn merge(&self, dst: &mut [i64], src: &[i64]) -> Result<(), AccError> {
-        if dst.len() != src.len() {
-            return Err(AccError::new(
-                AccErrorKind::LengthMismatch,
-                dst.len().min(src.len()),
-            ));
-        }
+        same_len(dst.len(), src.len())?;
         for (i, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
             *d = d
                 .checked_add(s)
@@ -65,12 +64,7 @@ impl Accumulator for ScaledAcc {
         Ok(())
     }
     fn round(&self, cells: &[i64], out: &mut [f32]) -> Result<(), AccError> {
-        if cells.len() != out.len() {
-            return Err(AccError::new(
-                AccErrorKind::LengthMismatch,
-                cells.len().min(out.len()),
-            ));
-        }
+        same_len(cells.len(), out.len())?;
         for (o, &c) in out.iter_mut().zip(cells) {
             *o = (c as f64 / SCALE) as f32;
         }

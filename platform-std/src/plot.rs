@@ -134,10 +134,72 @@ pub fn loss_svg(records: &[MetricsRecord], title: &str) -> String {
     let pad = if y1 > y0 { 0.05 * (y1 - y0) } else { 0.5 };
     y0 -= pad;
     y1 += pad;
-    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
-    let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
+    let f = Frame {
+        x0,
+        x1,
+        y0,
+        y1,
+        pw,
+        ph,
+    };
+    let (sx, sy) = (|x| f.sx(x), |y| f.sy(y));
+    draw_axes(&mut svg, &f);
 
-    // Grid, ticks and tick labels.
+    let polyline = |svg: &mut String, pts: &[(f64, f64)], color: &str| {
+        let mut s = String::new();
+        for &(x, y) in pts {
+            let _ = write!(s, "{:.1},{:.1} ", sx(x), sy(y));
+        }
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            s.trim_end()
+        );
+    };
+    if !train.is_empty() {
+        polyline(&mut svg, &train, TRAIN_COLOR);
+    }
+    if !val.is_empty() {
+        polyline(&mut svg, &val, VAL_COLOR);
+        for &(x, y) in &val {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{VAL_COLOR}"/>"#,
+                sx(x),
+                sy(y)
+            );
+        }
+    }
+
+    draw_legend(&mut svg, pw, !train.is_empty(), !val.is_empty());
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The data range on screen: `x0..x1` by `y0..y1` in a `pw` × `ph` plot
+/// area at (`LEFT`, `TOP`).
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    pw: f64,
+    ph: f64,
+}
+
+impl Frame {
+    fn sx(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * self.pw
+    }
+    fn sy(&self, y: f64) -> f64 {
+        TOP + self.ph - (y - self.y0) / (self.y1 - self.y0) * self.ph
+    }
+}
+
+/// Grid, ticks, tick labels and axis titles.
+fn draw_axes(svg: &mut String, f: &Frame) {
+    let (x0, x1, y0, y1, pw, ph) = (f.x0, f.x1, f.y0, f.y1, f.pw, f.ph);
+    let (sx, sy) = (|x| f.sx(x), |y| f.sy(y));
     let xt = nice_ticks(x0, x1, 8);
     let xstep = if xt.len() > 1 { xt[1] - xt[0] } else { 1.0 };
     for &t in &xt {
@@ -178,39 +240,15 @@ pub fn loss_svg(records: &[MetricsRecord], title: &str) -> String {
         TOP + ph / 2.0,
         TOP + ph / 2.0
     );
+}
 
-    let polyline = |svg: &mut String, pts: &[(f64, f64)], color: &str| {
-        let mut s = String::new();
-        for &(x, y) in pts {
-            let _ = write!(s, "{:.1},{:.1} ", sx(x), sy(y));
-        }
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-            s.trim_end()
-        );
-    };
-    if !train.is_empty() {
-        polyline(&mut svg, &train, TRAIN_COLOR);
-    }
-    if !val.is_empty() {
-        polyline(&mut svg, &val, VAL_COLOR);
-        for &(x, y) in &val {
-            let _ = writeln!(
-                svg,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{VAL_COLOR}"/>"#,
-                sx(x),
-                sy(y)
-            );
-        }
-    }
-
-    // Legend, top right inside the plot area.
+/// The legend, top right inside the plot area.
+fn draw_legend(svg: &mut String, pw: f64, train: bool, val: bool) {
     let lx = LEFT + pw - 120.0;
     let mut ly = TOP + 15.0;
     for (label, color, present) in [
-        ("train loss", TRAIN_COLOR, !train.is_empty()),
-        ("val loss", VAL_COLOR, !val.is_empty()),
+        ("train loss", TRAIN_COLOR, train),
+        ("val loss", VAL_COLOR, val),
     ] {
         if !present {
             continue;
@@ -224,8 +262,6 @@ pub fn loss_svg(records: &[MetricsRecord], title: &str) -> String {
         );
         ly += 18.0;
     }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 /// Writes [`loss_svg`] to `path` atomically.

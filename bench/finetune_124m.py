@@ -6,6 +6,7 @@ context 1024, 2 threads, AdamW, same data and micro-batch.
     python3 bench/make_gpt2.py /tmp/gpt2-124m
     python3 bench/finetune_124m.py --model /tmp/gpt2-124m \
         --torch-python /tmp/torchvenv/bin/python --batch 2 --steps 4 --rounds 2
+    python3 bench/finetune_124m.py --rounds 2 --cllm-args=--recompute-blocks
 
 Rounds alternate cllm and PyTorch; the first step of each run is warm-up
 and not counted. tok/s is the median over the counted steps and rounds;
@@ -79,7 +80,9 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--cllm-args", default="", help="extra train flags, e.g. '--branching 2'")
+    ap.add_argument("--cllm-args", default="",
+                    help="extra train flags, e.g. '--branching 2'; a single flag needs the = form: "
+                         "--cllm-args=--recompute-blocks")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ft124-")
     script = os.path.join(tmp, "torch_ft.py")

@@ -212,21 +212,20 @@ struct Row {
     phases: Vec<PhaseTimes>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run<A: Accumulator + Send + 'static, K: Kernels<f32> + Send + 'static>(
-    model: GptConfig,
+/// One timed run of combination `c` with accumulator `acc`.
+fn run<A: Accumulator + Send + 'static>(
+    c: &Combo,
     acc: A,
-    kernels: K,
+    model: GptConfig,
     source: Arc<Bytes>,
-    shape: Shape,
-    threads: usize,
     units: usize,
-    stream: bool,
     args: &Args,
 ) -> Result<Row, String>
 where
     A::Cell: 'static,
 {
+    let shape = Shape::new(c.depth, args.branching).map_err(|e| e.to_string())?;
+    let (threads, kernels, stream) = (c.threads, c.kernels, c.stream);
     let (mb, seq) = (source.micro_batch, source.seq);
     let mut params = vec![0.0f32; model.num_params()];
     model::init_params(&model, &mut params, 1).map_err(|e| e.to_string())?;
@@ -250,7 +249,7 @@ where
         eps: 1e-8,
         weight_decay: 0.1,
     });
-    let step = |h: &mut Hierarchy<A, K>, i: usize| {
+    let step = |h: &mut Hierarchy<A, SimdKernels>, i: usize| {
         h.train_step(
             i as u64,
             UpdateSettings {
@@ -445,7 +444,7 @@ fn combos(args: &Args, batch: usize) -> Result<Vec<Combo>, String> {
     Ok(combos)
 }
 
-/// One timed run of combination `c`.
+/// [`run`] with the accumulator `c` names.
 fn run_combo(
     c: &Combo,
     args: &Args,
@@ -454,31 +453,15 @@ fn run_combo(
     units: usize,
     seq: usize,
 ) -> Result<Row, String> {
-    let shape = Shape::new(c.depth, args.branching).map_err(|e| e.to_string())?;
     let source = Arc::new(Bytes {
         data: data.to_vec(),
         micro_batch: c.mb,
         seq,
     });
-    let k = c.kernels;
     match c.acc.as_str() {
-        "f32" => run(
-            model, F32Acc, k, source, shape, c.threads, units, c.stream, args,
-        ),
-        "fixed" => run(
-            model,
-            FixedAcc::default(),
-            k,
-            source,
-            shape,
-            c.threads,
-            units,
-            c.stream,
-            args,
-        ),
-        _ => run(
-            model, ExactAcc, k, source, shape, c.threads, units, c.stream, args,
-        ),
+        "f32" => run(c, F32Acc, model, source, units, args),
+        "fixed" => run(c, FixedAcc::default(), model, source, units, args),
+        _ => run(c, ExactAcc, model, source, units, args),
     }
 }
 

@@ -142,13 +142,12 @@ pub fn loss_svg(records: &[MetricsRecord], title: &str) -> String {
         pw,
         ph,
     };
-    let (sx, sy) = (|x| f.sx(x), |y| f.sy(y));
     draw_axes(&mut svg, &f);
 
     let polyline = |svg: &mut String, pts: &[(f64, f64)], color: &str| {
         let mut s = String::new();
         for &(x, y) in pts {
-            let _ = write!(s, "{:.1},{:.1} ", sx(x), sy(y));
+            let _ = write!(s, "{:.1},{:.1} ", f.sx(x), f.sy(y));
         }
         let _ = writeln!(
             svg,
@@ -165,8 +164,8 @@ pub fn loss_svg(records: &[MetricsRecord], title: &str) -> String {
             let _ = writeln!(
                 svg,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{VAL_COLOR}"/>"#,
-                sx(x),
-                sy(y)
+                f.sx(x),
+                f.sy(y)
             );
         }
     }
@@ -199,11 +198,10 @@ impl Frame {
 /// Grid, ticks, tick labels and axis titles.
 fn draw_axes(svg: &mut String, f: &Frame) {
     let (x0, x1, y0, y1, pw, ph) = (f.x0, f.x1, f.y0, f.y1, f.pw, f.ph);
-    let (sx, sy) = (|x| f.sx(x), |y| f.sy(y));
     let xt = nice_ticks(x0, x1, 8);
     let xstep = if xt.len() > 1 { xt[1] - xt[0] } else { 1.0 };
     for &t in &xt {
-        let x = sx(t);
+        let x = f.sx(t);
         let _ = writeln!(
             svg,
             r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e0e0e0"/><line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="black"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
@@ -217,7 +215,7 @@ fn draw_axes(svg: &mut String, f: &Frame) {
     let yt = nice_ticks(y0, y1, 6);
     let ystep = if yt.len() > 1 { yt[1] - yt[0] } else { 1.0 };
     for &t in &yt {
-        let y = sy(t);
+        let y = f.sy(t);
         let _ = writeln!(
             svg,
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/><line x1="{:.1}" y1="{y:.1}" x2="{LEFT}" y2="{y:.1}" stroke="black"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
